@@ -1,0 +1,395 @@
+//! Owned model of a relocatable ELF object.
+
+use std::path::{Path, PathBuf};
+
+use object::elf;
+use object::read::elf::{FileHeader, Rela, SectionHeader, Sym};
+use object::Endianness;
+
+/// Index of a section in its object's section header table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SectionId(pub usize);
+
+/// Index of a symbol in its object's `.symtab`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SymbolId(pub usize);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ElfError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not an ELF file")]
+    NotElf { path: PathBuf },
+    #[error("{path}: unsupported ELF ({what}); graft handles 64-bit little-endian x86-64 relocatable objects")]
+    Unsupported { path: PathBuf, what: String },
+    #[error("{path}: malformed ELF: {what}")]
+    Malformed { path: PathBuf, what: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SymKind {
+    NoType,
+    Object,
+    Func,
+    Section,
+    File,
+    Other(u8),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    Local,
+    Global,
+    Weak,
+    Other(u8),
+}
+
+#[derive(Debug, Clone)]
+pub struct Symbol {
+    pub id: SymbolId,
+    pub name: String,
+    pub kind: SymKind,
+    pub binding: Binding,
+    /// The defining section; `None` for undefined, absolute and special symbols.
+    pub section: Option<SectionId>,
+    /// Raw `st_shndx`, for the special values (`SHN_UNDEF`, `SHN_ABS`, `SHN_LIVEPATCH`).
+    pub shndx: u16,
+    pub value: u64,
+    pub size: u64,
+    pub other: u8,
+}
+
+impl Symbol {
+    pub fn is_undefined(&self) -> bool {
+        self.shndx == 0 && self.kind != SymKind::File
+    }
+    pub fn is_global(&self) -> bool {
+        matches!(self.binding, Binding::Global | Binding::Weak)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reloc {
+    pub offset: u64,
+    pub r_type: u32,
+    pub symbol: SymbolId,
+    pub addend: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Section {
+    pub id: SectionId,
+    pub name: String,
+    pub sh_type: u32,
+    pub flags: u64,
+    pub align: u64,
+    pub entsize: u64,
+    pub size: u64,
+    /// File contents; empty for `SHT_NOBITS`.
+    pub data: Vec<u8>,
+    /// Relocations applied to this section (from its `.rela` section), sorted by offset.
+    pub relocs: Vec<Reloc>,
+    /// The `.rela` section holding `relocs`, if any.
+    pub rela: Option<SectionId>,
+}
+
+impl Section {
+    pub fn is_alloc(&self) -> bool {
+        self.flags & elf::SHF_ALLOC.0 != 0
+    }
+    pub fn is_exec(&self) -> bool {
+        self.flags & elf::SHF_EXECINSTR.0 != 0
+    }
+    pub fn is_nobits(&self) -> bool {
+        self.sh_type == elf::SHT_NOBITS.0
+    }
+    pub fn is_rela(&self) -> bool {
+        self.sh_type == elf::SHT_RELA.0
+    }
+    /// Relocations whose field starts in `[start, end)`.
+    pub fn relocs_in(&self, start: u64, end: u64) -> &[Reloc] {
+        let lo = self.relocs.partition_point(|r| r.offset < start);
+        let hi = self.relocs.partition_point(|r| r.offset < end);
+        &self.relocs[lo..hi]
+    }
+}
+
+/// Where a relocation really points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelocTarget {
+    /// A named symbol (function, object, or undefined external).
+    Symbol(SymbolId),
+    /// An offset inside a section, reached through its section symbol.
+    SectionOffset(SectionId, i64),
+}
+
+/// A parsed relocatable object.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub path: PathBuf,
+    /// Indexed by `SectionId`; index 0 is the null section.
+    pub sections: Vec<Section>,
+    /// Indexed by `SymbolId`; index 0 is the null symbol.
+    pub symbols: Vec<Symbol>,
+}
+
+impl Object {
+    pub fn read(path: &Path) -> Result<Object, ElfError> {
+        let data = std::fs::read(path).map_err(|source| ElfError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Object::parse(&data, path)
+    }
+
+    pub fn parse(data: &[u8], path: &Path) -> Result<Object, ElfError> {
+        let malformed = |what: &dyn std::fmt::Display| ElfError::Malformed {
+            path: path.to_owned(),
+            what: what.to_string(),
+        };
+        if data.len() < 16 || &data[..4] != b"\x7fELF" {
+            return Err(ElfError::NotElf {
+                path: path.to_owned(),
+            });
+        }
+        if data[4] != elf::ELFCLASS64.0 || data[5] != elf::ELFDATA2LSB.0 {
+            return Err(ElfError::Unsupported {
+                path: path.to_owned(),
+                what: "not 64-bit little-endian".into(),
+            });
+        }
+        let header = elf::FileHeader64::<Endianness>::parse(data).map_err(|e| malformed(&e))?;
+        let endian = header.endian().map_err(|e| malformed(&e))?;
+        if header.e_machine(endian) != elf::EM_X86_64 {
+            return Err(ElfError::Unsupported {
+                path: path.to_owned(),
+                what: format!("machine {}", header.e_machine(endian).0),
+            });
+        }
+        if header.e_type(endian) != elf::ET_REL {
+            return Err(ElfError::Unsupported {
+                path: path.to_owned(),
+                what: "not a relocatable object".into(),
+            });
+        }
+        let table = header.sections(endian, data).map_err(|e| malformed(&e))?;
+        let mut sections = Vec::with_capacity(table.len());
+        for (index, sh) in table.enumerate() {
+            let name = table.section_name(endian, sh).map_err(|e| malformed(&e))?;
+            let nobits = sh.sh_type(endian) == elf::SHT_NOBITS;
+            let bytes = if nobits || index.0 == 0 {
+                &[][..]
+            } else {
+                sh.data(endian, data).map_err(|e| {
+                    malformed(&format_args!(
+                        "section {}: {e}",
+                        String::from_utf8_lossy(name)
+                    ))
+                })?
+            };
+            sections.push(Section {
+                id: SectionId(index.0),
+                name: String::from_utf8_lossy(name).into_owned(),
+                sh_type: sh.sh_type(endian).0,
+                flags: sh.sh_flags(endian).0,
+                align: sh.sh_addralign(endian).into(),
+                entsize: sh.sh_entsize(endian).into(),
+                size: sh.sh_size(endian).into(),
+                data: bytes.to_vec(),
+                relocs: Vec::new(),
+                rela: None,
+            });
+        }
+
+        let symtab = table
+            .symbols(endian, data, elf::SHT_SYMTAB)
+            .map_err(|e| malformed(&e))?;
+        let mut symbols = Vec::with_capacity(symtab.len());
+        for (index, sym) in symtab.enumerate() {
+            let name = symtab.symbol_name(endian, sym).map_err(|e| malformed(&e))?;
+            let section = symtab
+                .symbol_section(endian, sym, index)
+                .map_err(|e| malformed(&e))?
+                .map(|s| SectionId(s.0));
+            if let Some(s) = section {
+                if s.0 >= sections.len() {
+                    return Err(malformed(&format_args!(
+                        "symbol {index} names section {} of {}",
+                        s.0,
+                        sections.len()
+                    )));
+                }
+            }
+            let kind = match sym.st_type() {
+                elf::STT_NOTYPE => SymKind::NoType,
+                elf::STT_OBJECT => SymKind::Object,
+                elf::STT_FUNC => SymKind::Func,
+                elf::STT_SECTION => SymKind::Section,
+                elf::STT_FILE => SymKind::File,
+                other => SymKind::Other(other.0),
+            };
+            let binding = match sym.st_bind() {
+                elf::STB_LOCAL => Binding::Local,
+                elf::STB_GLOBAL => Binding::Global,
+                elf::STB_WEAK => Binding::Weak,
+                other => Binding::Other(other.0),
+            };
+            let mut name = String::from_utf8_lossy(name).into_owned();
+            if kind == SymKind::Section {
+                if let Some(s) = section {
+                    name = sections[s.0].name.clone();
+                }
+            }
+            symbols.push(Symbol {
+                id: SymbolId(index.0),
+                name,
+                kind,
+                binding,
+                section,
+                shndx: sym.st_shndx(endian).0,
+                value: sym.st_value(endian).into(),
+                size: sym.st_size(endian).into(),
+                other: sym.st_other().0,
+            });
+        }
+
+        for (index, sh) in table.enumerate() {
+            if sh.sh_type(endian) != elf::SHT_RELA {
+                continue;
+            }
+            let target = sh.sh_info(endian) as usize;
+            if target == 0 || target >= sections.len() {
+                return Err(malformed(&format_args!(
+                    "relocation section {} targets section {target}",
+                    sections[index.0].name
+                )));
+            }
+            let relas = sh
+                .data_as_array::<elf::Rela64<Endianness>, _>(endian, data)
+                .map_err(|e| malformed(&e))?;
+            let mut relocs = Vec::with_capacity(relas.len());
+            for rela in relas {
+                let sym = rela.r_sym(endian, false) as usize;
+                if sym >= symbols.len() {
+                    return Err(malformed(&format_args!(
+                        "relocation in {} names symbol {sym} of {}",
+                        sections[index.0].name,
+                        symbols.len()
+                    )));
+                }
+                relocs.push(Reloc {
+                    offset: rela.r_offset(endian),
+                    r_type: rela.r_type(endian, false).0,
+                    symbol: SymbolId(sym),
+                    addend: rela.r_addend(endian),
+                });
+            }
+            relocs.sort_by_key(|r| r.offset);
+            let t = &mut sections[target];
+            t.relocs = relocs;
+            t.rela = Some(SectionId(index.0));
+        }
+
+        Ok(Object {
+            path: path.to_owned(),
+            sections,
+            symbols,
+        })
+    }
+
+    pub fn section(&self, id: SectionId) -> &Section {
+        &self.sections[id.0]
+    }
+
+    pub fn symbol(&self, id: SymbolId) -> &Symbol {
+        &self.symbols[id.0]
+    }
+
+    pub fn section_by_name(&self, name: &str) -> Option<&Section> {
+        self.sections.iter().find(|s| s.name == name)
+    }
+
+    /// Named symbols (functions, objects, untyped labels) defined in `section`.
+    pub fn symbols_in(&self, section: SectionId) -> impl Iterator<Item = &Symbol> {
+        self.symbols.iter().filter(move |s| {
+            s.section == Some(section) && !matches!(s.kind, SymKind::Section | SymKind::File)
+        })
+    }
+
+    /// Function symbols defined in this object.
+    pub fn functions(&self) -> impl Iterator<Item = &Symbol> {
+        self.symbols
+            .iter()
+            .filter(|s| s.kind == SymKind::Func && s.section.is_some())
+    }
+
+    /// Data object symbols defined in this object.
+    pub fn data_objects(&self) -> impl Iterator<Item = &Symbol> {
+        self.symbols
+            .iter()
+            .filter(|s| s.kind == SymKind::Object && s.section.is_some())
+    }
+
+    /// Where `reloc` points: a symbol, or a section offset for references
+    /// made through section symbols (gas turns most references to local
+    /// symbols into those).
+    pub fn reloc_target(&self, reloc: &Reloc) -> RelocTarget {
+        let sym = self.symbol(reloc.symbol);
+        match (sym.kind, sym.section) {
+            (SymKind::Section, Some(sec)) => {
+                RelocTarget::SectionOffset(sec, sym.value as i64 + reloc.addend)
+            }
+            _ => RelocTarget::Symbol(reloc.symbol),
+        }
+    }
+
+    /// The named symbol of `section` that covers `offset`, or the only one
+    /// the section has (one symbol per section under -ffunction-sections
+    /// -fdata-sections).
+    pub fn symbol_covering(&self, section: SectionId, offset: i64) -> Option<&Symbol> {
+        let mut only = None;
+        let mut count = 0;
+        for s in self.symbols_in(section) {
+            count += 1;
+            only = Some(s);
+            let start = s.value as i64;
+            if offset >= start && offset < start + s.size.max(1) as i64 {
+                return Some(s);
+            }
+        }
+        if count == 1 {
+            only
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_non_elf_and_truncated_input() {
+        let p = Path::new("x.o");
+        assert!(matches!(
+            Object::parse(b"hello", p),
+            Err(ElfError::NotElf { .. })
+        ));
+        let mut hdr = b"\x7fELF\x02\x01\x01".to_vec();
+        hdr.resize(40, 0);
+        assert!(matches!(
+            Object::parse(&hdr, p),
+            Err(ElfError::Malformed { .. })
+        ));
+        let mut be = b"\x7fELF\x02\x02\x01".to_vec();
+        be.resize(64, 0);
+        assert!(matches!(
+            Object::parse(&be, p),
+            Err(ElfError::Unsupported { .. })
+        ));
+    }
+}
