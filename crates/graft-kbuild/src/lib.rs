@@ -1,1 +1,62 @@
+//! Everything graft asks of kbuild.
+//!
+//! The user's tree is only ever read. graft keeps a private copy of it (the
+//! [`mirror`]), applies the source patch there, compiles the original and
+//! patched objects of the changed files there, and reverts the copy. The
+//! module is built out of tree against the kernel's headers ([`module`]).
 
+pub mod compile;
+pub mod mirror;
+pub mod module;
+pub mod patch;
+pub mod tree;
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KbuildError {
+    #[error("{path}: not a kernel source tree ({why}); hint: pass the top directory of a Linux source tree")]
+    NotKernelTree { path: PathBuf, why: String },
+    #[error("{path}: the kernel tree is not configured (no .config); hint: copy the target kernel's config to .config and run `make olddefconfig`")]
+    NotConfigured { path: PathBuf },
+    #[error("{path}: the kernel tree is not prepared ({missing} is missing); hint: run `make prepare` in it")]
+    NotPrepared { path: PathBuf, missing: String },
+    #[error("{path}: the tree's .config differs from the target's config in {count} option(s), e.g. {example}; hint: copy the target's config to .config and run `make olddefconfig && make prepare`")]
+    ConfigMismatch {
+        path: PathBuf,
+        count: usize,
+        example: String,
+    },
+    #[error("{path}: not a patch: {why}; hint: pass a unified diff (git diff, diff -u)")]
+    BadPatch { path: PathBuf, why: String },
+    #[error("the patch does not apply to {tree}:\n{output}hint: rebase the fix onto this kernel's source")]
+    PatchDoesNotApply { tree: PathBuf, output: String },
+    #[error("the patch changes {file}: {why}")]
+    UnsupportedFile { file: String, why: String },
+    #[error("the patch changes no C file of the kernel build (it touches {files}); hint: graft patches kernel C code")]
+    NothingToBuild { files: String },
+    #[error("compiling {what} failed:\n{output}hint: {hint}")]
+    Compile {
+        what: String,
+        output: String,
+        hint: String,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> KbuildError {
+    let what = what.into();
+    move |source| KbuildError::Io { what, source }
+}
+
+/// The last `n` lines of a command's output, for error messages.
+pub(crate) fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = lines[lines.len().saturating_sub(n)..].join("\n");
+    out.push('\n');
+    out
+}

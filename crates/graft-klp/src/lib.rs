@@ -1,1 +1,52 @@
+//! From a diff to a livepatch module's parts.
+//!
+//! Passes: [`include`] (which sections of the patched object the module
+//! carries, and how each reference is resolved) → [`special`] (the special
+//! sections, cut down to the entries of included code) → [`emit`] (the patch
+//! object) → [`stub`] (the C registration stub) → after kbuild links the
+//! module, [`postlink`] turns the references to `.klp.sym.*` symbols into klp
+//! relocation sections.
 
+pub mod emit;
+pub mod include;
+pub mod postlink;
+pub mod special;
+pub mod stub;
+
+use serde::Serialize;
+
+/// One function the patch replaces, for the `klp_func` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KlpFunc {
+    /// The function's name in the running kernel.
+    pub old_name: String,
+    pub old_sympos: u32,
+    /// The global alias of the new function in the patch object.
+    #[serde(skip)]
+    pub new_symbol: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KlpError {
+    #[error("{object}: {function} references {symbol}, which the target kernel's symbol table does not have; hint: the symbol table is from another kernel, or the symbol was inlined or optimized away there")]
+    MissingSymbol {
+        object: String,
+        function: String,
+        symbol: String,
+    },
+    #[error("{object}: {function} references {symbol}: {source}; hint: graft does not yet tell same-named local symbols apart by their code")]
+    AmbiguousSymbol {
+        object: String,
+        function: String,
+        symbol: String,
+        source: graft_target::SymposError,
+    },
+    #[error("{object}: {what}")]
+    Unsupported { object: String, what: String },
+    #[error("{object}: changed code has entries in {section}, a special section graft does not handle yet; the module would misbehave without them, so it is refused")]
+    UnsupportedSpecialSection { object: String, section: String },
+    #[error("cannot write the patch object: {0}")]
+    Write(String),
+    #[error("{path}: cannot convert klp relocations: {what}")]
+    PostLink { path: String, what: String },
+}

@@ -1,1 +1,31 @@
+//! The target kernel as graft sees it: its symbol table (kallsyms format)
+//! and the symbols it exports to modules (`Module.symvers`).
 
+mod kallsyms;
+mod symvers;
+
+pub use kallsyms::{KallsymsEntry, SymbolTable, SymposError};
+pub use symvers::{Export, Exports};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("cannot read the symbol table {path}: {source}; hint: pass the target kernel's symbol table with --symbols (a copy of /proc/kallsyms read as root)")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the kernel's exports {path}: {source}; hint: pass the target kernel's headers directory (with Module.symvers) with --headers")]
+    NoExports {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: not a {format} line: {text:?}")]
+    Parse {
+        path: std::path::PathBuf,
+        line: usize,
+        format: &'static str,
+        text: String,
+    },
+    #[error("{path}: the symbol table is empty; hint: read /proc/kallsyms as root (as non-root every address reads 0)")]
+    Empty { path: std::path::PathBuf },
+}

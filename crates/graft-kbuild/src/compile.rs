@@ -1,0 +1,85 @@
+//! Single-object compiles through kbuild, with one section per function and
+//! per data object so that the differ can compare and carry them one by one.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::{io, KbuildError};
+
+/// The flags graft adds to the kernel's own.
+pub const KCFLAGS: &str = "-ffunction-sections -fdata-sections";
+
+/// Where kbuild puts an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linkage {
+    /// Linked into vmlinux.
+    BuiltIn,
+    /// Part of a loadable module (`CC [M]`).
+    Module,
+}
+
+/// Compiles `objects` (paths like `fs/proc/cmdline.o`) in `root`, returning
+/// how kbuild links each one.
+pub fn compile(
+    root: &Path,
+    make_vars: &[String],
+    objects: &[String],
+    jobs: usize,
+    what: &str,
+) -> Result<Vec<Linkage>, KbuildError> {
+    // Remove earlier outputs so kbuild compiles again, whatever their timestamps.
+    for o in objects {
+        let p = root.join(o);
+        let dir = p.parent().unwrap_or(root);
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        for f in [name.clone(), format!(".{name}.cmd"), format!(".{name}.d")] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+    }
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(root)
+        .arg(format!("-j{jobs}"))
+        .arg(format!("KCFLAGS={KCFLAGS}"))
+        .args(make_vars)
+        .args(objects)
+        .env_remove("MAKEFLAGS")
+        .output()
+        .map_err(io("cannot run make; hint: apt-get install build-essential"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        return Err(KbuildError::Compile {
+            what: what.to_owned(),
+            output: crate::tail(&text, 20),
+            hint: "a file that does not compile with this kernel's config is not part of this kernel's build".into(),
+        });
+    }
+    objects
+        .iter()
+        .map(|o| {
+            if !root.join(o).is_file() {
+                return Err(KbuildError::Compile {
+                    what: what.to_owned(),
+                    output: crate::tail(&text, 20),
+                    hint: format!("kbuild did not produce {o}"),
+                });
+            }
+            let module = text.lines().any(|l| {
+                l.trim_start().starts_with("CC [M]") && l.trim_end().ends_with(o.as_str())
+            });
+            Ok(if module {
+                Linkage::Module
+            } else {
+                Linkage::BuiltIn
+            })
+        })
+        .collect()
+}

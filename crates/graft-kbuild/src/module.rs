@@ -1,0 +1,66 @@
+//! Building the patch module out of tree against the kernel's headers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{io, KbuildError};
+
+/// Inputs of the module build.
+pub struct ModuleSources<'a> {
+    /// Module name (`livepatch-cmdline`).
+    pub name: &'a str,
+    pub stub_c: &'a str,
+    /// Prebuilt objects: (file name, ELF bytes).
+    pub objects: &'a [(String, Vec<u8>)],
+}
+
+/// Builds `<dir>/<name>.ko` with kbuild in `dir` (a scratch directory).
+pub fn build(headers: &Path, dir: &Path, src: &ModuleSources<'_>) -> Result<PathBuf, KbuildError> {
+    let w = |p: PathBuf, data: &[u8]| {
+        std::fs::write(&p, data).map_err(io(format!("cannot write {}", p.display())))
+    };
+    let stub = format!("{}-stub", src.name);
+    w(dir.join(format!("{stub}.c")), src.stub_c.as_bytes())?;
+    let mut parts = vec![format!("{stub}.o")];
+    for (file, bytes) in src.objects {
+        w(dir.join(file), bytes)?;
+        // modpost reads each object's .cmd file (for srcversion); a prebuilt
+        // object has no sources to list.
+        w(dir.join(format!(".{file}.cmd")), b"# prebuilt by graft\n")?;
+        parts.push(file.clone());
+    }
+    let kbuild = format!(
+        "obj-m := {name}.o\n{name}-y := {}\n",
+        parts.join(" "),
+        name = src.name
+    );
+    w(dir.join("Kbuild"), kbuild.as_bytes())?;
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(headers)
+        .arg(format!("M={}", dir.display()))
+        .arg("modules")
+        // Unexported kernel symbols are reached through klp relocations,
+        // which modpost cannot know of: they are resolved by livepatch.
+        .env("KBUILD_MODPOST_WARN", "1")
+        .env_remove("MAKEFLAGS")
+        .output()
+        .map_err(io("cannot run make; hint: apt-get install build-essential"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ko = dir.join(format!("{}.ko", src.name));
+    if !out.status.success() || !ko.is_file() {
+        return Err(KbuildError::Compile {
+            what: format!("the patch module {}", src.name),
+            output: crate::tail(&text, 20),
+            hint: format!(
+                "check that {} holds the headers of the target kernel",
+                headers.display()
+            ),
+        });
+    }
+    Ok(ko)
+}

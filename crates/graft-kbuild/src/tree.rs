@@ -1,0 +1,135 @@
+//! Recognizing a usable kernel tree.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::KbuildError;
+
+/// A configured and prepared kernel source tree (read only).
+#[derive(Debug, Clone)]
+pub struct KernelTree {
+    pub root: PathBuf,
+    /// `VERSION.PATCHLEVEL.SUBLEVEL` from the top Makefile.
+    pub version: String,
+    /// Variables every make run in (a copy of) this tree needs so that kbuild
+    /// sees the same compiler and release it was prepared with.
+    pub make_vars: Vec<String>,
+}
+
+impl KernelTree {
+    pub fn open(path: &Path) -> Result<KernelTree, KbuildError> {
+        let not = |why: &str| KbuildError::NotKernelTree {
+            path: path.to_owned(),
+            why: why.to_owned(),
+        };
+        if !path.is_dir() {
+            return Err(not("no such directory"));
+        }
+        let root = path
+            .canonicalize()
+            .map_err(crate::io(path.display().to_string()))?;
+        let makefile =
+            std::fs::read_to_string(root.join("Makefile")).map_err(|_| not("no Makefile"))?;
+        let field = |key: &str| {
+            makefile.lines().find_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                (k.trim() == key).then(|| v.trim().to_owned())
+            })
+        };
+        let (Some(v), Some(p), Some(s)) =
+            (field("VERSION"), field("PATCHLEVEL"), field("SUBLEVEL"))
+        else {
+            return Err(not("its Makefile has no VERSION/PATCHLEVEL/SUBLEVEL"));
+        };
+        if !root.join("Kbuild").is_file() || !root.join("arch/x86").is_dir() {
+            return Err(not("no Kbuild or arch/x86"));
+        }
+        if !root.join(".config").is_file() {
+            return Err(KbuildError::NotConfigured { path: root });
+        }
+        for missing in [
+            "include/generated/autoconf.h",
+            "scripts/basic/fixdep",
+            "include/config/auto.conf",
+        ] {
+            if !root.join(missing).exists() {
+                return Err(KbuildError::NotPrepared {
+                    path: root,
+                    missing: missing.into(),
+                });
+            }
+        }
+        let make_vars = make_vars(&root);
+        Ok(KernelTree {
+            root,
+            version: format!("{v}.{p}.{s}"),
+            make_vars,
+        })
+    }
+
+    /// Checks that the tree is configured like the target kernel: every
+    /// option the target sets has the same value here.
+    pub fn check_config(&self, target_config: &Path) -> Result<(), KbuildError> {
+        let read =
+            |p: &Path| std::fs::read_to_string(p).map_err(crate::io(p.display().to_string()));
+        let want = parse_config(&read(target_config)?);
+        let have = parse_config(&read(&self.root.join(".config"))?);
+        let diffs: Vec<String> = want
+            .iter()
+            .filter(|(k, v)| have.get(*k) != Some(v))
+            .map(|(k, v)| {
+                format!(
+                    "{k}={v} in the target, {} in the tree",
+                    have.get(k).map_or("unset".to_owned(), |h| h.clone())
+                )
+            })
+            .collect();
+        if let Some(example) = diffs.first() {
+            return Err(KbuildError::ConfigMismatch {
+                path: self.root.clone(),
+                count: diffs.len(),
+                example: example.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// kbuild records the compiler as `$(CC) --version | head -1` and the
+/// release in `include/config/kernel.release`; running make without the
+/// same `CC` and `KERNELRELEASE` would silently reconfigure the tree.
+fn make_vars(root: &Path) -> Vec<String> {
+    let mut vars = Vec::new();
+    let config = std::fs::read_to_string(root.join(".config")).unwrap_or_default();
+    let cfg = parse_config(&config);
+    if cfg.get("CONFIG_CC_IS_GCC").map(String::as_str) == Some("y") {
+        if let Some(text) = cfg.get("CONFIG_CC_VERSION_TEXT") {
+            if let Some(cc) = text.trim_matches('"').split_whitespace().next() {
+                if cc != "gcc"
+                    && cc
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
+                {
+                    vars.push(format!("CC={cc}"));
+                }
+            }
+        }
+    } else if cfg.get("CONFIG_CC_IS_CLANG").map(String::as_str) == Some("y") {
+        vars.push("CC=clang".into());
+    }
+    if let Ok(rel) = std::fs::read_to_string(root.join("include/config/kernel.release")) {
+        if !rel.trim().is_empty() {
+            vars.push(format!("KERNELRELEASE={}", rel.trim()));
+        }
+    }
+    vars
+}
+
+/// `CONFIG_X=value` lines of a kernel config.
+pub fn parse_config(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| l.starts_with("CONFIG_"))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}

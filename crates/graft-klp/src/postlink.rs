@@ -1,0 +1,89 @@
+//! After kbuild links the module: every relocation against a `.klp.sym.*`
+//! symbol moves into a `.klp.rela.<object>.<section>` section that livepatch
+//! applies itself, and those symbols get `SHN_LIVEPATCH`, so that the module
+//! loader leaves them alone (see the kernel's module-elf-format.rst).
+
+use std::collections::{BTreeMap, HashMap};
+
+use object::build::elf::{Builder, Relocation, SectionData, SectionId};
+use object::build::Id;
+use object::elf;
+
+use graft_elf::klp;
+
+use crate::KlpError;
+
+/// Converts the linked module in `ko`; returns the new bytes and how many
+/// relocations became klp relocations.
+pub fn convert(ko: &[u8], label: &str) -> Result<(Vec<u8>, usize), KlpError> {
+    let err = |what: String| KlpError::PostLink {
+        path: label.to_owned(),
+        what,
+    };
+    let mut b = Builder::read(ko).map_err(|e| err(e.to_string()))?;
+
+    // Symbol index → the klp object it belongs to.
+    let mut object_of: HashMap<usize, String> = HashMap::new();
+    for s in &mut b.symbols {
+        let name = String::from_utf8_lossy(s.name.as_slice()).into_owned();
+        if let Some((object, _, _)) = klp::parse_sym_name(&name) {
+            if s.section.is_some() || s.st_shndx != elf::SHN_UNDEF {
+                return Err(err(format!("{name} is defined in the module")));
+            }
+            s.st_shndx = elf::SymbolSection(klp::SHN_LIVEPATCH);
+            object_of.insert(s.id().index(), object.to_owned());
+        } else if name.starts_with(klp::SYM_PREFIX) {
+            return Err(err(format!("malformed klp symbol name {name}")));
+        }
+    }
+
+    // (object, target section) → relocations moved out of the normal .rela.
+    let mut moved: BTreeMap<(String, usize), (SectionId, Vec<Relocation>)> = BTreeMap::new();
+    let mut symtab = None;
+    for s in &mut b.sections {
+        let target = s.sh_info_section;
+        if let SectionData::Relocation(relocs) = &mut s.data {
+            symtab = symtab.or(s.sh_link_section);
+            let Some(target) = target else { continue };
+            relocs.retain(
+                |r| match r.symbol.and_then(|id| object_of.get(&id.index())) {
+                    Some(object) => {
+                        moved
+                            .entry((object.clone(), target.index()))
+                            .or_insert_with(|| (target, Vec::new()))
+                            .1
+                            .push(*r);
+                        false
+                    }
+                    None => true,
+                },
+            );
+        }
+    }
+    let count = moved.values().map(|(_, r)| r.len()).sum();
+    for ((object, _), (target, relocs)) in moved {
+        let target_name =
+            String::from_utf8_lossy(b.sections.get(target).name.as_slice()).into_owned();
+        let s = b.sections.add();
+        s.name = klp::rela_name(&object, &target_name).into_bytes().into();
+        s.sh_type = elf::SHT_RELA;
+        s.sh_flags =
+            elf::SectionFlags(elf::SHF_ALLOC.0 | elf::SHF_INFO_LINK.0 | klp::SHF_RELA_LIVEPATCH);
+        s.sh_addralign = 8;
+        s.sh_entsize = 24;
+        s.sh_link_section = symtab;
+        s.sh_info_section = Some(target);
+        s.data = SectionData::Relocation(relocs);
+    }
+    // Empty .rela sections left behind are dropped.
+    for s in &mut b.sections {
+        if let SectionData::Relocation(r) = &s.data {
+            if r.is_empty() && s.sh_flags.0 & klp::SHF_RELA_LIVEPATCH == 0 {
+                s.delete = true;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    b.write(&mut out).map_err(|e| err(e.to_string()))?;
+    Ok((out, count))
+}

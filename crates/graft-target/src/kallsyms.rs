@@ -1,0 +1,184 @@
+//! `/proc/kallsyms` format: `<address> <type> <name>[\t[<module>]]`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::TargetError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KallsymsEntry {
+    pub address: u64,
+    /// nm-style type letter: `t`/`T` text, `d`/`D` data, `b`/`B` bss, `r`/`R` rodata…
+    pub kind: char,
+    pub name: String,
+    /// `None` for vmlinux, else the module name.
+    pub module: Option<String>,
+}
+
+impl KallsymsEntry {
+    pub fn is_text(&self) -> bool {
+        matches!(self.kind, 't' | 'T' | 'w' | 'W')
+    }
+}
+
+/// A kernel's symbol table, in kallsyms order (the order that defines sympos).
+#[derive(Debug, Clone, Default)]
+pub struct SymbolTable {
+    entries: Vec<KallsymsEntry>,
+    /// (object, name) → indexes into `entries`, in table order.
+    by_name: HashMap<(String, String), Vec<usize>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SymposError {
+    #[error("symbol {name} is not in {object}'s symbol table")]
+    Missing { object: String, name: String },
+    #[error("symbol {name} occurs {} times in {object} (at {}); graft cannot tell which one is meant", addresses.len(), addresses.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", "))]
+    Ambiguous {
+        object: String,
+        name: String,
+        addresses: Vec<u64>,
+    },
+}
+
+impl SymbolTable {
+    pub fn read(path: &Path) -> Result<SymbolTable, TargetError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TargetError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let table = SymbolTable::parse(&text).map_err(|(line, text)| TargetError::Parse {
+            path: path.to_owned(),
+            line,
+            format: "kallsyms",
+            text,
+        })?;
+        if table.entries.is_empty() || table.entries.iter().all(|e| e.address == 0) {
+            return Err(TargetError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        Ok(table)
+    }
+
+    /// Parses kallsyms text; on error returns the 1-based line number and text.
+    pub fn parse(text: &str) -> Result<SymbolTable, (usize, String)> {
+        let mut table = SymbolTable::default();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let bad = || (n + 1, line.to_owned());
+            let (main, module) = match line.split_once('\t') {
+                Some((m, rest)) => {
+                    let module = rest
+                        .trim()
+                        .strip_prefix('[')
+                        .and_then(|r| r.strip_suffix(']'))
+                        .ok_or_else(bad)?;
+                    (m, Some(module.to_owned()))
+                }
+                None => (line, None),
+            };
+            let mut fields = main.split_whitespace();
+            let (Some(addr), Some(kind), Some(name), None) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                return Err(bad());
+            };
+            let address = u64::from_str_radix(addr, 16).map_err(|_| bad())?;
+            let mut kind_chars = kind.chars();
+            let (Some(kind), None) = (kind_chars.next(), kind_chars.next()) else {
+                return Err(bad());
+            };
+            table.push(KallsymsEntry {
+                address,
+                kind,
+                name: name.to_owned(),
+                module,
+            });
+        }
+        Ok(table)
+    }
+
+    fn push(&mut self, entry: KallsymsEntry) {
+        let object = entry.module.clone().unwrap_or_else(|| "vmlinux".into());
+        self.by_name
+            .entry((object, entry.name.clone()))
+            .or_default()
+            .push(self.entries.len());
+        self.entries.push(entry);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// All entries named `name` in `object` ("vmlinux" or a module), in table order.
+    pub fn lookup(&self, object: &str, name: &str) -> Vec<&KallsymsEntry> {
+        self.by_name
+            .get(&(object.to_owned(), name.to_owned()))
+            .map(|v| v.iter().map(|&i| &self.entries[i]).collect())
+            .unwrap_or_default()
+    }
+
+    /// The livepatch `sympos` of a uniquely named symbol: 0. Duplicated names
+    /// need code matching to decide, so they are an error here.
+    pub fn unique_sympos(&self, object: &str, name: &str) -> Result<u32, SymposError> {
+        let found = self.lookup(object, name);
+        match found.len() {
+            0 => Err(SymposError::Missing {
+                object: object.into(),
+                name: name.into(),
+            }),
+            1 => Ok(0),
+            _ => Err(SymposError::Ambiguous {
+                object: object.into(),
+                name: name.into(),
+                addresses: found.iter().map(|e| e.address).collect(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+ffffffff81000000 T _text
+ffffffff81001000 t cmdline_proc_show
+ffffffff81002000 t show_map
+ffffffff81003000 t show_map
+ffffffff82000000 D saved_command_line
+ffffffffc0000000 t show_map\t[ext4]
+";
+
+    #[test]
+    fn parses_and_computes_sympos() {
+        let t = SymbolTable::parse(SAMPLE).unwrap();
+        assert_eq!(t.len(), 6);
+        assert_eq!(t.unique_sympos("vmlinux", "saved_command_line"), Ok(0));
+        assert_eq!(t.unique_sympos("ext4", "show_map"), Ok(0));
+        assert!(matches!(
+            t.unique_sympos("vmlinux", "show_map"),
+            Err(SymposError::Ambiguous { ref addresses, .. }) if addresses == &[0xffffffff81002000, 0xffffffff81003000]
+        ));
+        assert!(matches!(
+            t.unique_sympos("vmlinux", "nope"),
+            Err(SymposError::Missing { .. })
+        ));
+        assert_eq!(t.lookup("vmlinux", "cmdline_proc_show")[0].kind, 't');
+    }
+
+    #[test]
+    fn rejects_garbage_with_line_number() {
+        let err = SymbolTable::parse("ffffffff81000000 T _text\nnot a line\n").unwrap_err();
+        assert_eq!(err.0, 2);
+        assert!(SymbolTable::parse("zz T x\n").is_err());
+    }
+}

@@ -1,0 +1,327 @@
+//! `graft build`: source patch → livepatch module.
+//!
+//! The passes, in order: read inputs → sync the private tree → compile the
+//! original objects → patch and compile again → revert → diff each object →
+//! plan what the module carries → write patch objects → stub → kbuild the
+//! module → convert klp relocations → write `livepatch-<name>.ko`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use graft_diff::Verdict;
+use graft_elf::Object;
+use graft_kbuild::compile::{self, Linkage};
+use graft_kbuild::mirror::Mirror;
+use graft_kbuild::patch::SourcePatch;
+use graft_kbuild::tree::KernelTree;
+use graft_klp::include::Resolver;
+use graft_target::{Exports, SymbolTable};
+
+use crate::output::Steps;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The source fix, a unified diff against the kernel tree (-p1).
+    patch: PathBuf,
+    /// The kernel source tree, configured and prepared like the target kernel.
+    #[arg(long, short = 't')]
+    tree: PathBuf,
+    /// The patch's name: the module is `livepatch-<name>.ko`.
+    #[arg(long, short = 'n')]
+    name: String,
+    /// The target kernel's config [default: /boot/config-$(uname -r)].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The target kernel's symbol table, kallsyms format [default: /proc/kallsyms].
+    #[arg(long)]
+    symbols: Option<PathBuf>,
+    /// The target kernel's headers, with Module.symvers [default: /lib/modules/$(uname -r)/build].
+    #[arg(long)]
+    headers: Option<PathBuf>,
+    /// Where to write the module.
+    #[arg(long, short = 'o', default_value = ".")]
+    output: PathBuf,
+    /// Where graft keeps its private copy of the tree [default: /var/cache/graft/build as root, else ~/.cache/graft/build].
+    #[arg(long, env = "GRAFT_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Build a patch that stacks on loaded ones instead of replacing them.
+    #[arg(long)]
+    no_replace: bool,
+    /// Parallel compile jobs [default: number of CPUs].
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    module: PathBuf,
+    name: String,
+    replace: bool,
+    files: Vec<FileSummary>,
+    klp_relocations: usize,
+    seconds: f64,
+}
+
+#[derive(Serialize)]
+struct FileSummary {
+    file: String,
+    changed: Vec<String>,
+    new: Vec<String>,
+}
+
+pub fn run(a: Args, json: bool) -> Result<()> {
+    validate_name(&a.name)?;
+    let mut steps = Steps::new(json);
+    let release = || -> Result<String> {
+        Ok(std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .context("cannot read the running kernel's release")?
+            .trim()
+            .to_owned())
+    };
+    let config = match &a.config {
+        Some(c) => c.clone(),
+        None => PathBuf::from(format!("/boot/config-{}", release()?)),
+    };
+    let headers = match &a.headers {
+        Some(h) => h.clone(),
+        None => PathBuf::from(format!("/lib/modules/{}/build", release()?)),
+    };
+    let symbols_path = a
+        .symbols
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/proc/kallsyms"));
+
+    steps.step("reading inputs");
+    let tree = KernelTree::open(&a.tree)?;
+    let patch = SourcePatch::read(&a.patch)?;
+    let objects = patch.objects()?;
+    if !config.is_file() {
+        bail!(
+            "the target kernel's config {} does not exist; hint: pass it with --config",
+            config.display()
+        );
+    }
+    tree.check_config(&config)?;
+    let symbols = SymbolTable::read(&symbols_path)?;
+    let exports = Exports::read(&headers.join("Module.symvers"))?;
+    std::fs::create_dir_all(&a.output)
+        .with_context(|| format!("cannot create {}", a.output.display()))?;
+
+    steps.step("syncing graft's private copy of the tree");
+    let cache = a.cache_dir.clone().unwrap_or_else(default_cache);
+    let (mut mirror, _) = Mirror::sync(&tree, &cache.join("build"))?;
+    let work = tempfile::Builder::new()
+        .prefix("work-")
+        .tempdir_in(&cache)
+        .with_context(|| format!("cannot create a work directory in {}", cache.display()))?;
+    let jobs = a
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+
+    steps.step("compiling the original objects");
+    let linkage = compile::compile(
+        &mirror.root,
+        &tree.make_vars,
+        &objects,
+        jobs,
+        "the original source",
+    )?;
+    keep_objects(&mirror.root, &objects, &work.path().join("orig"))?;
+
+    steps.step("compiling the patched objects");
+    let patched_build = mirror.apply(&patch).and_then(|()| {
+        compile::compile(
+            &mirror.root,
+            &tree.make_vars,
+            &objects,
+            jobs,
+            "the patched source",
+        )
+    });
+    // Revert whatever happened; the user's tree was never touched.
+    mirror.revert()?;
+    patched_build?;
+    keep_objects(&mirror.root, &objects, &work.path().join("patched"))?;
+
+    steps.step("diffing");
+    let resolver = Resolver {
+        symbols: &symbols,
+        exports: &exports,
+        object: graft_elf::klp::VMLINUX,
+    };
+    let mut patch_objects = Vec::new();
+    let mut funcs = Vec::new();
+    let mut files = Vec::new();
+    for (unit, (obj, link)) in objects.iter().zip(&linkage).enumerate() {
+        let orig = Object::read(&work.path().join("orig").join(obj))?;
+        let patched = Object::read(&work.path().join("patched").join(obj))?;
+        if *link == Linkage::Module {
+            bail!("{obj} is built into a loadable module; graft does not patch modules yet; hint: patch code built into vmlinux");
+        }
+        check_in_kernel(&orig, &symbols, obj)?;
+        let d = graft_diff::diff(&orig, &patched)?;
+        let changed: Vec<String> = d.changed_functions().map(|c| c.name.clone()).collect();
+        let new: Vec<String> = d
+            .functions
+            .iter()
+            .filter(|c| c.verdict == Verdict::New)
+            .map(|c| c.name.clone())
+            .collect();
+        if !d.is_empty() {
+            let plan = graft_klp::include::plan(&patched, &d, &resolver, unit)?;
+            let specials = graft_klp::special::filter(&plan)?;
+            patch_objects.push((
+                format!("graft-patch-{unit}.o"),
+                graft_klp::emit::write(&plan, &specials)?,
+            ));
+            funcs.extend(plan.funcs.iter().cloned());
+        }
+        files.push(FileSummary {
+            file: obj.trim_end_matches(".o").to_owned() + ".c",
+            changed,
+            new,
+        });
+    }
+    if funcs.is_empty() {
+        bail!("the patch changes no function of the running kernel (the compiled code is identical); hint: check that the patch is the fix you meant");
+    }
+
+    steps.step("building the module");
+    let module_name = format!("livepatch-{}", a.name);
+    let stub = graft_klp::stub::generate(
+        &funcs,
+        &graft_klp::stub::StubOptions {
+            object: None,
+            replace: !a.no_replace,
+            description: &format!("graft live patch {}", a.name),
+        },
+    );
+    let mdir = work.path().join("module");
+    std::fs::create_dir_all(&mdir)?;
+    let ko = graft_kbuild::module::build(
+        &headers,
+        &mdir,
+        &graft_kbuild::module::ModuleSources {
+            name: &module_name,
+            stub_c: &stub,
+            objects: &patch_objects,
+        },
+    )?;
+    let linked = std::fs::read(&ko)?;
+    let (bytes, klp_relocations) =
+        graft_klp::postlink::convert(&linked, &ko.display().to_string())?;
+    let out = a.output.join(format!("{module_name}.ko"));
+    write_atomic(&out, &bytes)?;
+    steps.finish();
+
+    let summary = Summary {
+        module: out,
+        name: a.name.clone(),
+        replace: !a.no_replace,
+        files,
+        klp_relocations,
+        seconds: steps.elapsed().as_secs_f64(),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        for f in &summary.files {
+            println!(
+                "{}: changed {}{}",
+                f.file,
+                list(&f.changed),
+                if f.new.is_empty() {
+                    String::new()
+                } else {
+                    format!(", new {}", list(&f.new))
+                }
+            );
+        }
+        println!(
+            "built {} ({} klp relocation{}) in {:.1}s",
+            summary.module.display(),
+            klp_relocations,
+            if klp_relocations == 1 { "" } else { "s" },
+            summary.seconds
+        );
+    }
+    Ok(())
+}
+
+fn list(v: &[String]) -> String {
+    if v.is_empty() {
+        "nothing".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !ok {
+        bail!("invalid patch name {name:?}; hint: use up to 40 letters, digits, '-' or '_'");
+    }
+    Ok(())
+}
+
+fn default_cache() -> PathBuf {
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if root {
+        PathBuf::from("/var/cache/graft")
+    } else if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        PathBuf::from(x).join("graft")
+    } else {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+            .join(".cache/graft")
+    }
+}
+
+/// Copies the compiled objects out of the mirror before the next compile.
+fn keep_objects(root: &Path, objects: &[String], to: &Path) -> Result<()> {
+    for o in objects {
+        let dst = to.join(o);
+        std::fs::create_dir_all(dst.parent().expect("object path has a directory"))?;
+        std::fs::copy(root.join(o), &dst).with_context(|| format!("cannot copy {o}"))?;
+    }
+    Ok(())
+}
+
+/// A file whose functions the target kernel does not have is not built into it.
+fn check_in_kernel(orig: &Object, symbols: &SymbolTable, obj: &str) -> Result<()> {
+    let mut any = false;
+    for f in orig.functions().filter(|f| {
+        !graft_diff::rules::is_init_section(&orig.section(f.section.expect("defined")).name)
+    }) {
+        any = true;
+        if !symbols.lookup(graft_elf::klp::VMLINUX, &f.name).is_empty() {
+            return Ok(());
+        }
+    }
+    if any {
+        bail!(
+            "{} is not built into the target kernel: none of its functions is in the target's symbol table; hint: check the config (the file may be disabled, or built as a module)",
+            obj.trim_end_matches(".o").to_owned() + ".c"
+        );
+    }
+    Ok(())
+}
+
+/// Writes through a temporary file and a rename: never a half-written module.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! Shared output helpers: error rendering, exit codes, progress.
+
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::exit;
+
+/// Prints `error: …` with its cause chain on stderr.
+pub fn error(e: &anyhow::Error) {
+    let mut msg = format!("error: {e}");
+    for cause in e.chain().skip(1) {
+        msg.push_str(&format!(": {cause}"));
+    }
+    eprintln!("{msg}");
+}
+
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.chain()
+        .any(|c| c.downcast_ref::<graft_diff::DiffError>().is_some())
+    {
+        exit::REFUSED
+    } else {
+        exit::ERROR
+    }
+}
+
+/// Step-by-step progress on stderr: a spinner on a terminal, plain lines otherwise.
+pub struct Steps {
+    bar: ProgressBar,
+    start: Instant,
+    step_start: Instant,
+    quiet: bool,
+}
+
+impl Steps {
+    pub fn new(quiet: bool) -> Steps {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("static template"),
+        );
+        if !quiet {
+            bar.enable_steady_tick(Duration::from_millis(120));
+        }
+        Steps {
+            bar,
+            start: Instant::now(),
+            step_start: Instant::now(),
+            quiet,
+        }
+    }
+
+    pub fn step(&mut self, what: &str) {
+        self.step_start = Instant::now();
+        if self.quiet {
+            return;
+        }
+        if self.bar.is_hidden() {
+            eprintln!("graft: {what}…");
+        } else {
+            self.bar.set_message(what.to_owned());
+        }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
