@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::{io, KbuildError};
+use crate::KbuildError;
 
 /// The flags graft adds to the kernel's own.
 pub const KCFLAGS: &str = "-ffunction-sections -fdata-sections";
@@ -26,6 +26,7 @@ pub fn compile(
     objects: &[String],
     jobs: usize,
     what: &str,
+    log: &Path,
 ) -> Result<Vec<Linkage>, KbuildError> {
     // Remove earlier outputs so kbuild compiles again, whatever their timestamps.
     for o in objects {
@@ -40,37 +41,37 @@ pub fn compile(
             let _ = std::fs::remove_file(dir.join(f));
         }
     }
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(root)
-        .arg(format!("-j{jobs}"))
-        .arg(format!("KCFLAGS={KCFLAGS}"))
-        .args(make_vars)
-        .args(objects)
-        .env_remove("MAKEFLAGS")
-        .output()
-        .map_err(io("cannot run make; hint: apt-get install build-essential"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() {
-        return Err(KbuildError::Compile {
-            what: what.to_owned(),
-            output: crate::tail(&text, 20),
-            hint: "a file that does not compile with this kernel's config is not part of this kernel's build".into(),
-        });
+    let (ok, text) = crate::run_logged(
+        Command::new("make")
+            .arg("-C")
+            .arg(root)
+            .arg(format!("-j{jobs}"))
+            .arg(format!("KCFLAGS={KCFLAGS}"))
+            .args(make_vars)
+            .args(objects)
+            .env_remove("MAKEFLAGS"),
+        log,
+    )?;
+    let failed = |first_error: String, hint: &str| KbuildError::Compile {
+        what: what.to_owned(),
+        first_error,
+        log: log.to_owned(),
+        hint: hint.to_owned(),
+    };
+    if !ok {
+        return Err(failed(
+            crate::first_error(&text),
+            "a file that does not compile with this kernel's config is not part of this kernel's build",
+        ));
     }
     objects
         .iter()
         .map(|o| {
             if !root.join(o).is_file() {
-                return Err(KbuildError::Compile {
-                    what: what.to_owned(),
-                    output: crate::tail(&text, 20),
-                    hint: format!("kbuild did not produce {o}"),
-                });
+                return Err(failed(
+                    format!("kbuild did not produce {o}"),
+                    "check the tree's Makefiles",
+                ));
             }
             let module = text.lines().any(|l| {
                 l.trim_start().starts_with("CC [M]") && l.trim_end().ends_with(o.as_str())

@@ -29,16 +29,17 @@ pub enum KbuildError {
     },
     #[error("{path}: not a patch: {why}; hint: pass a unified diff (git diff, diff -u)")]
     BadPatch { path: PathBuf, why: String },
-    #[error("the patch does not apply to {tree}:\n{output}hint: rebase the fix onto this kernel's source")]
+    #[error("the patch does not apply to {tree} ({output}); hint: rebase the fix onto this kernel's source")]
     PatchDoesNotApply { tree: PathBuf, output: String },
     #[error("the patch changes {file}: {why}")]
     UnsupportedFile { file: String, why: String },
     #[error("the patch changes no C file of the kernel build (it touches {files}); hint: graft patches kernel C code")]
     NothingToBuild { files: String },
-    #[error("compiling {what} failed:\n{output}hint: {hint}")]
+    #[error("compiling {what} failed: {first_error}; hint: {hint} (full output: {})", log.display())]
     Compile {
         what: String,
-        output: String,
+        first_error: String,
+        log: PathBuf,
         hint: String,
     },
     #[error("{what}: {source}")]
@@ -53,10 +54,35 @@ pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Kbui
     move |source| KbuildError::Io { what, source }
 }
 
-/// The last `n` lines of a command's output, for error messages.
-pub(crate) fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut out = lines[lines.len().saturating_sub(n)..].join("\n");
-    out.push('\n');
-    out
+/// The line of a tool's output that says what went wrong: the first one
+/// mentioning an error, else the last one.
+pub(crate) fn first_error(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
+        .iter()
+        .find(|l| l.contains("error:") || l.contains("FAILED") || l.contains("ERROR:"))
+        .or(lines.last())
+        .map_or_else(|| "no output".to_owned(), |l| (*l).to_owned())
+}
+
+/// Runs `cmd`, keeping its whole output in `log` for the curious.
+pub(crate) fn run_logged(
+    cmd: &mut std::process::Command,
+    log: &std::path::Path,
+) -> Result<(bool, String), KbuildError> {
+    let out = cmd.output().map_err(io(format!(
+        "cannot run {:?}; hint: apt-get install build-essential",
+        cmd.get_program()
+    )))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::write(log, &text);
+    Ok((out.status.success(), text))
 }

@@ -62,6 +62,11 @@ impl Mirror {
         Ok((m, stats))
     }
 
+    /// Where the last make run's whole output is kept.
+    pub fn log_path(&self) -> PathBuf {
+        self.state.join("make.log")
+    }
+
     fn manifest_path(&self) -> PathBuf {
         self.state.join("manifest")
     }
@@ -133,8 +138,13 @@ impl Mirror {
         fs::rename(&tmp, &to).map_err(io(format!("cannot rename to {}", to.display())))
     }
 
-    /// Applies `patch` to the copy (after a dry run), recording the touched
-    /// files first so that any later sync reverts them.
+    /// Checks that `patch` applies to the copy, without changing it.
+    pub fn check(&self, patch: &SourcePatch) -> Result<(), KbuildError> {
+        self.run_patch(patch, true)
+    }
+
+    /// Applies `patch` to the copy, recording the touched files first so
+    /// that any later sync reverts them.
     pub fn apply(&self, patch: &SourcePatch) -> Result<(), KbuildError> {
         let mut dirty =
             File::create(self.dirty_path()).map_err(io("cannot record the patched files"))?;
@@ -144,34 +154,44 @@ impl Mirror {
         dirty
             .sync_all()
             .map_err(io("cannot record the patched files"))?;
-        for dry in [true, false] {
-            let mut cmd = std::process::Command::new("patch");
-            cmd.args([
-                "-p1",
-                "--batch",
-                "--forward",
-                "--no-backup-if-mismatch",
-                "-r",
-                "-",
-            ])
-            .arg("-d")
-            .arg(&self.root)
-            .arg("-i")
-            .arg(&patch.path);
-            if dry {
-                cmd.arg("--dry-run");
-            }
-            let out = cmd
-                .output()
-                .map_err(io("cannot run patch(1); hint: apt-get install patch"))?;
-            if !out.status.success() {
-                let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
-                output.push_str(&String::from_utf8_lossy(&out.stderr));
-                return Err(KbuildError::PatchDoesNotApply {
-                    tree: self.source.clone(),
-                    output: crate::tail(&output, 12),
-                });
-            }
+        self.run_patch(patch, false)
+    }
+
+    fn run_patch(&self, patch: &SourcePatch, dry: bool) -> Result<(), KbuildError> {
+        let mut cmd = std::process::Command::new("patch");
+        cmd.args([
+            "-p1",
+            "--batch",
+            "--forward",
+            "--no-backup-if-mismatch",
+            "-r",
+            "-",
+        ])
+        .arg("-d")
+        .arg(&self.root)
+        .arg("-i")
+        .arg(&patch.path);
+        if dry {
+            cmd.arg("--dry-run");
+        }
+        let out = cmd
+            .output()
+            .map_err(io("cannot run patch(1); hint: apt-get install patch"))?;
+        if !out.status.success() {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let output = text
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with("checking file"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(KbuildError::PatchDoesNotApply {
+                tree: self.source.clone(),
+                output,
+            });
         }
         Ok(())
     }

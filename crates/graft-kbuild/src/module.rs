@@ -35,27 +35,25 @@ pub fn build(headers: &Path, dir: &Path, src: &ModuleSources<'_>) -> Result<Path
         name = src.name
     );
     w(dir.join("Kbuild"), kbuild.as_bytes())?;
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(headers)
-        .arg(format!("M={}", dir.display()))
-        .arg("modules")
-        // Unexported kernel symbols are reached through klp relocations,
-        // which modpost cannot know of: they are resolved by livepatch.
-        .env("KBUILD_MODPOST_WARN", "1")
-        .env_remove("MAKEFLAGS")
-        .output()
-        .map_err(io("cannot run make; hint: apt-get install build-essential"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let log = dir.join("make.log");
+    let (ok, text) = crate::run_logged(
+        Command::new("make")
+            .arg("-C")
+            .arg(headers)
+            .arg(format!("M={}", dir.display()))
+            .arg("modules")
+            // Unexported kernel symbols are reached through klp relocations,
+            // which modpost cannot know of: livepatch resolves them.
+            .env("KBUILD_MODPOST_WARN", "1")
+            .env_remove("MAKEFLAGS"),
+        &log,
+    )?;
     let ko = dir.join(format!("{}.ko", src.name));
-    if !out.status.success() || !ko.is_file() {
+    if !ok || !ko.is_file() {
         return Err(KbuildError::Compile {
             what: format!("the patch module {}", src.name),
-            output: crate::tail(&text, 20),
+            first_error: crate::first_error(&text),
+            log,
             hint: format!(
                 "check that {} holds the headers of the target kernel",
                 headers.display()

@@ -120,6 +120,8 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
 
+    mirror.check(&patch)?;
+
     steps.step("compiling the original objects");
     let linkage = compile::compile(
         &mirror.root,
@@ -127,6 +129,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         &objects,
         jobs,
         "the original source",
+        &mirror.log_path(),
     )?;
     keep_objects(&mirror.root, &objects, &work.path().join("orig"))?;
 
@@ -138,6 +141,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             &objects,
             jobs,
             "the patched source",
+            &mirror.log_path(),
         )
     });
     // Revert whatever happened; the user's tree was never touched.

@@ -1,0 +1,89 @@
+//! Shared helpers of graft's integration tests: the lab, running the
+//! `graft` binary, and fingerprints that prove a tree was left alone.
+
+#![allow(dead_code)]
+
+use std::collections::hash_map::DefaultHasher;
+use std::ffi::OsString;
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use graft_lab::Lab;
+
+/// The lab, set up by `./run test` (or `graft-lab setup`).
+pub fn lab() -> Lab {
+    Lab::open(&Lab::default_root())
+        .unwrap_or_else(|e| panic!("the kernel lab is not set up: {e}\nrun `./run test`, or `cargo run -p graft-lab -- setup` first"))
+}
+
+pub fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+pub fn graft(args: &[OsString]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(args)
+        .output()
+        .expect("run graft")
+}
+
+/// `graft build PATCH` against the lab's kernel, with `extra` arguments.
+pub fn build_args(lab: &Lab, patch: &Path, name: &str, out: &Path) -> Vec<OsString> {
+    vec![
+        "build".into(),
+        patch.into(),
+        "--tree".into(),
+        lab.source_tree().into(),
+        "--name".into(),
+        name.into(),
+        "--config".into(),
+        lab.config().into(),
+        "--symbols".into(),
+        lab.kallsyms().into(),
+        "--headers".into(),
+        lab.headers().into(),
+        "--output".into(),
+        out.into(),
+    ]
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A hash of every path, size, mtime and mode under `dir`: any write shows.
+pub fn fingerprint(dir: &Path) -> u64 {
+    fn walk(dir: &Path, h: &mut DefaultHasher) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            e.file_name().hash(h);
+            (meta.len(), meta.mtime(), meta.mtime_nsec(), meta.mode()).hash(h);
+            if meta.is_dir() {
+                walk(&e.path(), h);
+            }
+        }
+    }
+    let mut h = DefaultHasher::new();
+    walk(dir, &mut h);
+    h.finish()
+}
+
+/// Writes `text` as a patch file in `dir`.
+pub fn patch_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
