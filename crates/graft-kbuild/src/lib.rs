@@ -27,6 +27,8 @@ pub enum KbuildError {
         count: usize,
         example: String,
     },
+    #[error("the target kernel was built with {want:?} but this machine has {have:?}; another compiler makes other code; hint: install the target's compiler (Debian: the gcc package the kernel names)")]
+    CompilerMismatch { want: String, have: String },
     #[error("{path}: not a patch: {why}; hint: pass a unified diff (git diff, diff -u)")]
     BadPatch { path: PathBuf, why: String },
     #[error("the patch does not apply to {tree} ({output}); hint: rebase the fix onto this kernel's source")]

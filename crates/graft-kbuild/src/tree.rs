@@ -95,6 +95,48 @@ impl KernelTree {
     }
 }
 
+impl KernelTree {
+    /// Checks that the compiler kbuild will run is the one the target was
+    /// built with (`CONFIG_CC_VERSION_TEXT`): another compiler makes other code.
+    pub fn check_compiler(&self, target_config: &Path) -> Result<(), KbuildError> {
+        let text = std::fs::read_to_string(target_config)
+            .map_err(crate::io(target_config.display().to_string()))?;
+        let Some(want) = parse_config(&text)
+            .get("CONFIG_CC_VERSION_TEXT")
+            .map(|v| v.trim_matches('"').to_owned())
+        else {
+            return Ok(());
+        };
+        let cc = self
+            .make_vars
+            .iter()
+            .find_map(|v| v.strip_prefix("CC="))
+            .unwrap_or("gcc")
+            .to_owned();
+        let out = std::process::Command::new(&cc).arg("--version").output();
+        let have = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned(),
+            _ => String::new(),
+        };
+        if have != want {
+            return Err(KbuildError::CompilerMismatch {
+                want,
+                have: if have.is_empty() {
+                    format!("no working {cc}")
+                } else {
+                    have
+                },
+            });
+        }
+        Ok(())
+    }
+}
+
 /// kbuild records the compiler as `$(CC) --version | head -1` and the
 /// release in `include/config/kernel.release`; running make without the
 /// same `CC` and `KERNELRELEASE` would silently reconfigure the tree.

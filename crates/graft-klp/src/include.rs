@@ -18,6 +18,17 @@ pub struct Resolver<'a> {
     pub exports: &'a Exports,
     /// The klp object the patched file belongs to ("vmlinux" or a module name).
     pub object: &'a str,
+    /// `sympos` proven by run-pre verification; names not listed must be unique.
+    pub known: &'a BTreeMap<String, u32>,
+}
+
+impl Resolver<'_> {
+    fn sympos(&self, name: &str) -> Result<u32, SymposError> {
+        match self.known.get(name) {
+            Some(&p) => Ok(p),
+            None => self.symbols.unique_sympos(self.object, name),
+        }
+    }
 }
 
 /// Where one reference of carried code goes.
@@ -134,8 +145,7 @@ pub fn plan<'a>(
         plan.aliases.push((c.symbol, alias.clone()));
         if matches!(c.verdict, Verdict::Changed { .. }) {
             let old_sympos = resolver
-                .symbols
-                .unique_sympos(resolver.object, &c.name)
+                .sympos(&c.name)
                 .map_err(|e| lookup_error(&object, &c.name, &c.name, e))?;
             plan.funcs.push(KlpFunc {
                 old_name: c.name.clone(),
@@ -198,8 +208,7 @@ fn external_name(
         return Ok(name.to_owned());
     }
     let sympos = resolver
-        .symbols
-        .unique_sympos(resolver.object, name)
+        .sympos(name)
         .map_err(|e| lookup_error(object, user, name, e))?;
     Ok(graft_elf::klp::sym_name(resolver.object, name, sympos))
 }

@@ -126,6 +126,14 @@ impl SymbolTable {
             .unwrap_or_default()
     }
 
+    /// The last symbol of `object` at or below `addr`.
+    pub fn nearest(&self, object: &str, addr: u64) -> Option<&KallsymsEntry> {
+        self.entries
+            .iter()
+            .filter(|e| e.module.as_deref().unwrap_or("vmlinux") == object && e.address <= addr)
+            .max_by_key(|e| e.address)
+    }
+
     /// The livepatch `sympos` of a uniquely named symbol: 0. Duplicated names
     /// need code matching to decide, so they are an error here.
     pub fn unique_sympos(&self, object: &str, name: &str) -> Result<u32, SymposError> {

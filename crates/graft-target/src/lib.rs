@@ -1,9 +1,11 @@
 //! The target kernel as graft sees it: its symbol table (kallsyms format)
 //! and the symbols it exports to modules (`Module.symvers`).
 
+mod image;
 mod kallsyms;
 mod symvers;
 
+pub use image::{ImageError, KernelImage};
 pub use kallsyms::{KallsymsEntry, SymbolTable, SymposError};
 pub use symvers::{Export, Exports};
 

@@ -42,16 +42,32 @@ fn main() {
             .arg("fs/proc/cmdline.o")
             .output()
             .unwrap();
-        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
         t.elapsed()
     };
     let compiles = compile() + compile();
     let module = time_module_build(&lab, scratch.path());
     let floor = compiles + module;
 
-    println!("graft build, fs/proc/cmdline.c one-line fix, Debian {} ({})", lab.release, lab.debian_version);
-    println!("  floor (2 kbuild compiles {:.2}s + module build {:.2}s): {:.2}s", secs(compiles), secs(module), secs(floor));
-    println!("  cold (empty cache, tree copy made): {:.2}s   limit 60s: {}", secs(cold), verdict(cold <= Duration::from_secs(60)));
+    println!(
+        "graft build, fs/proc/cmdline.c one-line fix, Debian {} ({})",
+        lab.release, lab.debian_version
+    );
+    println!(
+        "  floor (2 kbuild compiles {:.2}s + module build {:.2}s): {:.2}s",
+        secs(compiles),
+        secs(module),
+        secs(floor)
+    );
+    println!(
+        "  cold (empty cache, tree copy made): {:.2}s   limit 60s: {}",
+        secs(cold),
+        verdict(cold <= Duration::from_secs(60))
+    );
     println!(
         "  warm (best of 2): {:.2}s = {:.2}x floor   limit 2x: {}",
         secs(warm),
@@ -65,7 +81,11 @@ fn secs(d: Duration) -> f64 {
 }
 
 fn verdict(ok: bool) -> &'static str {
-    if ok { "within" } else { "EXCEEDED" }
+    if ok {
+        "within"
+    } else {
+        "EXCEEDED"
+    }
 }
 
 fn make_vars(lab: &Lab) -> Vec<String> {
@@ -86,6 +106,8 @@ fn time_graft(lab: &Lab, patch: &Path, cache: &Path, out: &Path) -> Duration {
         .arg(lab.kallsyms())
         .arg("--headers")
         .arg(lab.headers())
+        .arg("--image")
+        .arg(lab.vmlinuz())
         .arg("--output")
         .arg(out)
         .arg("--cache-dir")

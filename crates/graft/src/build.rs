@@ -5,6 +5,7 @@
 //! plan what the module carries → write patch objects → stub → kbuild the
 //! module → convert klp relocations → write `livepatch-<name>.ko`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -17,7 +18,7 @@ use graft_kbuild::mirror::Mirror;
 use graft_kbuild::patch::SourcePatch;
 use graft_kbuild::tree::KernelTree;
 use graft_klp::include::Resolver;
-use graft_target::{Exports, SymbolTable};
+use graft_target::{Exports, KernelImage, SymbolTable};
 
 use crate::output::Steps;
 
@@ -46,6 +47,12 @@ pub struct Args {
     /// Where graft keeps its private copy of the tree [default: /var/cache/graft/build as root, else ~/.cache/graft/build].
     #[arg(long, env = "GRAFT_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// The target kernel's boot image, to verify the build against [default: /boot/vmlinuz-$(uname -r)].
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Skip run-pre verification (the build is then not proven to match the target's code).
+    #[arg(long)]
+    no_verify: bool,
     /// Build a patch that stacks on loaded ones instead of replacing them.
     #[arg(long)]
     no_replace: bool,
@@ -60,6 +67,8 @@ struct Summary {
     name: String,
     replace: bool,
     files: Vec<FileSummary>,
+    /// Functions proven to match the target's code (empty with --no-verify).
+    verified: Vec<graft_verify::Match>,
     klp_relocations: usize,
     seconds: f64,
 }
@@ -88,6 +97,10 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         Some(h) => h.clone(),
         None => PathBuf::from(format!("/lib/modules/{}/build", release()?)),
     };
+    let image_path = match &a.image {
+        Some(i) => i.clone(),
+        None => PathBuf::from(format!("/boot/vmlinuz-{}", release()?)),
+    };
     let symbols_path = a
         .symbols
         .clone()
@@ -104,6 +117,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         );
     }
     tree.check_config(&config)?;
+    tree.check_compiler(&config)?;
     let symbols = SymbolTable::read(&symbols_path)?;
     let exports = Exports::read(&headers.join("Module.symvers"))?;
     std::fs::create_dir_all(&a.output)
@@ -149,12 +163,14 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     patched_build?;
     keep_objects(&mirror.root, &objects, &work.path().join("patched"))?;
 
-    steps.step("diffing");
-    let resolver = Resolver {
-        symbols: &symbols,
-        exports: &exports,
-        object: graft_elf::klp::VMLINUX,
+    let image = if a.no_verify {
+        None
+    } else {
+        steps.step("reading the target kernel's image");
+        Some(KernelImage::read(&image_path)?)
     };
+    steps.step("diffing and verifying");
+    let mut verified = Vec::new();
     let mut patch_objects = Vec::new();
     let mut funcs = Vec::new();
     let mut files = Vec::new();
@@ -166,6 +182,25 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         }
         check_in_kernel(&orig, &symbols, obj)?;
         let d = graft_diff::diff(&orig, &patched)?;
+        let known = match &image {
+            Some(image) => {
+                let target = graft_verify::Target {
+                    symbols: &symbols,
+                    image,
+                    object: graft_elf::klp::VMLINUX,
+                };
+                let v = graft_verify::verify(&orig, &to_verify(&orig, &patched, &d), &target)?;
+                verified.extend(v.functions);
+                v.sympos
+            }
+            None => BTreeMap::new(),
+        };
+        let resolver = Resolver {
+            symbols: &symbols,
+            exports: &exports,
+            object: graft_elf::klp::VMLINUX,
+            known: &known,
+        };
         let changed: Vec<String> = d.changed_functions().map(|c| c.name.clone()).collect();
         let new: Vec<String> = d
             .functions
@@ -225,6 +260,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         name: a.name.clone(),
         replace: !a.no_replace,
         files,
+        verified,
         klp_relocations,
         seconds: steps.elapsed().as_secs_f64(),
     };
@@ -241,6 +277,17 @@ pub fn run(a: Args, json: bool) -> Result<()> {
                 } else {
                     format!(", new {}", list(&f.new))
                 }
+            );
+        }
+        if !summary.verified.is_empty() {
+            println!(
+                "verified against the target kernel: {}",
+                summary
+                    .verified
+                    .iter()
+                    .map(|m| format!("{} at {:#x}", m.function, m.address))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         println!(
@@ -296,6 +343,45 @@ fn keep_objects(root: &Path, objects: &[String], to: &Path) -> Result<()> {
         std::fs::copy(root.join(o), &dst).with_context(|| format!("cannot copy {o}"))?;
     }
     Ok(())
+}
+
+/// The original functions run-pre verification must match: the ones the
+/// patch replaces, and the ones of the same file that carried code calls or
+/// references (their identity in the target decides their `sympos`).
+fn to_verify(
+    orig: &Object,
+    patched: &Object,
+    d: &graft_diff::ObjectDiff,
+) -> Vec<graft_elf::SymbolId> {
+    let mut names: Vec<&str> = d
+        .changed_functions()
+        .filter(|c| !graft_diff::rules::is_part(&c.name))
+        .map(|c| c.name.as_str())
+        .collect();
+    for c in d.included_functions() {
+        for r in &patched.section(c.section_id).relocs {
+            let target = match patched.reloc_target(r) {
+                graft_elf::RelocTarget::Symbol(id) => Some(patched.symbol(id)),
+                graft_elf::RelocTarget::SectionOffset(sec, off) => {
+                    patched.symbol_covering(sec, off + graft_diff::compare::pcrel_bias(r.r_type))
+                }
+            };
+            if let Some(t) = target {
+                let same = d
+                    .functions
+                    .iter()
+                    .any(|f| f.symbol == t.id && f.verdict == Verdict::Same);
+                if same && !graft_diff::rules::is_part(&t.name) && !names.contains(&t.name.as_str())
+                {
+                    names.push(&t.name);
+                }
+            }
+        }
+    }
+    orig.functions()
+        .filter(|f| names.contains(&f.name.as_str()))
+        .map(|f| f.id)
+        .collect()
 }
 
 /// A file whose functions the target kernel does not have is not built into it.

@@ -46,6 +46,8 @@ pub fn build_args(lab: &Lab, patch: &Path, name: &str, out: &Path) -> Vec<OsStri
         lab.kallsyms().into(),
         "--headers".into(),
         lab.headers().into(),
+        "--image".into(),
+        lab.vmlinuz().into(),
         "--output".into(),
         out.into(),
     ]

@@ -1,0 +1,169 @@
+//! The target kernel's code, read from its boot image (`vmlinuz`) rather
+//! than from debuginfo: the compressed payload is found and unpacked, and the
+//! resulting vmlinux ELF maps kernel addresses to bytes.
+//!
+//! The image holds the code as linked, before boot-time patching
+//! (alternatives, ftrace NOPs, static calls), which is exactly what an object
+//! compiled from the same source is comparable with.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use object::read::elf::{ElfFile64, SectionHeader as _};
+use object::{Endianness, Object, ObjectSection, ObjectSymbol};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot read the kernel image {path}: {source}; hint: pass the target's vmlinuz with --image")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no kernel found inside (looked for xz, gzip and zstd payloads and a plain ELF); hint: pass the vmlinuz the target booted, or a vmlinux")]
+    NoPayload { path: PathBuf },
+    #[error("{path}: the kernel inside is not a valid ELF: {what}")]
+    BadElf { path: PathBuf, what: String },
+}
+
+/// A contiguous range of kernel memory with its bytes.
+#[derive(Debug, Clone)]
+struct Range {
+    addr: u64,
+    bytes: std::ops::Range<usize>,
+}
+
+/// The decompressed kernel, addressable by link-time virtual address.
+pub struct KernelImage {
+    pub path: PathBuf,
+    elf: Vec<u8>,
+    ranges: Vec<Range>,
+    /// Link address of `_text` (start of `.text`).
+    pub text_start: u64,
+}
+
+const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
+const GZIP_MAGIC: &[u8] = b"\x1f\x8b\x08";
+
+impl KernelImage {
+    pub fn read(path: &Path) -> Result<KernelImage, ImageError> {
+        let data = std::fs::read(path).map_err(|source| ImageError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let elf = if data.starts_with(b"\x7fELF") {
+            data
+        } else {
+            find_payload(&data).ok_or_else(|| ImageError::NoPayload {
+                path: path.to_owned(),
+            })?
+        };
+        KernelImage::from_elf(path, elf)
+    }
+
+    fn from_elf(path: &Path, elf: Vec<u8>) -> Result<KernelImage, ImageError> {
+        let bad = |what: String| ImageError::BadElf {
+            path: path.to_owned(),
+            what,
+        };
+        let file = ElfFile64::<Endianness>::parse(&*elf).map_err(|e| bad(e.to_string()))?;
+        let mut ranges = Vec::new();
+        let mut text_start = None;
+        for s in file.sections() {
+            let header = s.elf_section_header();
+            if header.sh_type(file.endian()) == object::elf::SHT_NOBITS || s.address() == 0 {
+                continue;
+            }
+            let Some((off, size)) = s.file_range() else {
+                continue;
+            };
+            let (off, size) = (off as usize, size as usize);
+            if off.checked_add(size).is_none_or(|end| end > elf.len()) {
+                return Err(bad(format!(
+                    "section {} lies outside the file",
+                    s.name().unwrap_or("?")
+                )));
+            }
+            if s.name() == Ok(".text") {
+                text_start = Some(s.address());
+            }
+            ranges.push(Range {
+                addr: s.address(),
+                bytes: off..off + size,
+            });
+        }
+        let text_start = file
+            .symbols()
+            .find(|s| s.name() == Ok("_text"))
+            .map(|s| s.address())
+            .or(text_start)
+            .ok_or_else(|| bad("no .text section".into()))?;
+        Ok(KernelImage {
+            path: path.to_owned(),
+            elf,
+            ranges,
+            text_start,
+        })
+    }
+
+    /// `len` bytes at link address `addr`, if the image holds them all.
+    pub fn bytes(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let r = self
+            .ranges
+            .iter()
+            .find(|r| addr >= r.addr && addr - r.addr < r.bytes.len() as u64)?;
+        let start = r.bytes.start + (addr - r.addr) as usize;
+        let end = start.checked_add(len)?;
+        if end > r.bytes.end {
+            return None;
+        }
+        Some(&self.elf[start..end])
+    }
+}
+
+/// Tries every compressed payload the boot image may carry, first match wins.
+fn find_payload(data: &[u8]) -> Option<Vec<u8>> {
+    let candidates = |magic: &'static [u8]| {
+        data.windows(magic.len())
+            .enumerate()
+            .filter(move |(_, w)| *w == magic)
+            .map(|(i, _)| i)
+    };
+    for at in candidates(XZ_MAGIC) {
+        let mut out = Vec::new();
+        let mut dec = liblzma::read::XzDecoder::new(&data[at..]);
+        if dec.read_to_end(&mut out).is_ok() && out.starts_with(b"\x7fELF") {
+            return Some(out);
+        }
+    }
+    for at in candidates(GZIP_MAGIC) {
+        let mut out = Vec::new();
+        let mut dec = flate2::read::GzDecoder::new(&data[at..]);
+        if dec.read_to_end(&mut out).is_ok() && out.starts_with(b"\x7fELF") {
+            return Some(out);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("graft-image-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("vmlinuz");
+        std::fs::write(&p, b"MZ not a kernel \xfd7zXZ\x00 broken").unwrap();
+        assert!(matches!(
+            KernelImage::read(&p),
+            Err(ImageError::NoPayload { .. })
+        ));
+        std::fs::write(&p, b"\x7fELF\x02\x01\x01 truncated").unwrap();
+        assert!(matches!(
+            KernelImage::read(&p),
+            Err(ImageError::BadElf { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,340 @@
+//! Run-pre verification (Ksplice's idea): before a patch is built on the
+//! original objects, their code is matched byte for byte against the target
+//! kernel's code, outside relocation fields, and every relocation field of
+//! the kernel's copy must reach the symbol our relocation names.
+//!
+//! A match proves the build is faithful (same source, config and compiler)
+//! and tells which of several same-named symbols is meant: the candidate
+//! whose bytes match is the one, and the addresses its relocation fields
+//! reach name the symbols the function uses.
+
+use std::collections::BTreeMap;
+
+use graft_diff::compare::{is_string_section, pcrel_bias, reloc_width};
+use graft_elf::{Object, RelocTarget, SymbolId};
+use graft_target::{KallsymsEntry, KernelImage, SymbolTable};
+use iced_x86::{Decoder, DecoderOptions, Formatter, GasFormatter, Instruction};
+use serde::Serialize;
+
+/// The kernel graft verifies against.
+pub struct Target<'a> {
+    pub symbols: &'a SymbolTable,
+    pub image: &'a KernelImage,
+    /// The klp object ("vmlinux").
+    pub object: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Match {
+    pub function: String,
+    /// Address in the symbol table's address space.
+    pub address: u64,
+    pub sympos: u32,
+}
+
+/// What verification established.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verified {
+    pub functions: Vec<Match>,
+    /// `sympos` of every symbol whose identity the matched code proved.
+    pub sympos: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{object}: {function} differs from the target kernel's code at +{offset:#x}: ours `{ours}`, the kernel's `{theirs}`; the source, config or compiler is not the target's; hint: build from the target kernel's exact source and config (--no-verify skips this check at your own risk)")]
+    Mismatch {
+        object: String,
+        function: String,
+        offset: u64,
+        ours: String,
+        theirs: String,
+    },
+    #[error("{object}: {function} at +{offset:#x} refers to {ours}, but the target kernel's code there reaches {theirs}; the source or config is not the target's; hint: build from the target kernel's exact source and config (--no-verify skips this check at your own risk)")]
+    WrongReference {
+        object: String,
+        function: String,
+        offset: u64,
+        ours: String,
+        theirs: String,
+    },
+    #[error("{object}: {function} is not in the target kernel's symbol table; hint: the file may not be built into this kernel, or the function is inlined there")]
+    NotInKernel { object: String, function: String },
+    #[error("{object}: {function} matches {count} functions of the target kernel equally ({addresses}); graft cannot tell which one to patch")]
+    Ambiguous {
+        object: String,
+        function: String,
+        count: usize,
+        addresses: String,
+    },
+    #[error("the kernel image {path} does not hold the code of {function} at {address:#x}; hint: pass the image the target booted")]
+    NotInImage {
+        path: String,
+        function: String,
+        address: u64,
+    },
+}
+
+/// Why one candidate did not match.
+enum Miss {
+    Bytes {
+        offset: u64,
+    },
+    Reference {
+        offset: u64,
+        ours: String,
+        theirs: String,
+    },
+    NoBytes,
+}
+
+/// Verifies `functions` of `orig` against the target.
+pub fn verify(
+    orig: &Object,
+    functions: &[SymbolId],
+    target: &Target<'_>,
+) -> Result<Verified, VerifyError> {
+    let object = orig
+        .path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let delta = target
+        .symbols
+        .lookup(target.object, "_text")
+        .first()
+        .map_or(0, |e| e.address.wrapping_sub(target.image.text_start));
+    let mut out = Verified::default();
+    for &f in functions {
+        let sym = orig.symbol(f);
+        let candidates: Vec<&KallsymsEntry> = target
+            .symbols
+            .lookup(target.object, &sym.name)
+            .into_iter()
+            .filter(|e| e.is_text())
+            .collect();
+        if candidates.is_empty() {
+            return Err(VerifyError::NotInKernel {
+                object: object.clone(),
+                function: sym.name.clone(),
+            });
+        }
+        let mut matched = Vec::new();
+        let mut misses = Vec::new();
+        for (i, c) in candidates.iter().enumerate() {
+            match check(orig, f, c.address, delta, target) {
+                Ok(seen) => matched.push((i, c.address, seen)),
+                Err(m) => misses.push((c.address, m)),
+            }
+        }
+        match matched.len() {
+            1 => {
+                let (i, address, seen) = matched.pop().expect("one");
+                let sympos = if candidates.len() == 1 {
+                    0
+                } else {
+                    i as u32 + 1
+                };
+                out.functions.push(Match {
+                    function: sym.name.clone(),
+                    address,
+                    sympos,
+                });
+                out.sympos.insert(sym.name.clone(), sympos);
+                for (name, addr) in seen {
+                    let same = target.symbols.lookup(target.object, &name);
+                    if let Some(pos) = same.iter().position(|e| e.address == addr) {
+                        let p = if same.len() == 1 { 0 } else { pos as u32 + 1 };
+                        out.sympos.insert(name, p);
+                    }
+                }
+            }
+            0 => return Err(explain(orig, f, &object, delta, target, misses)),
+            n => {
+                return Err(VerifyError::Ambiguous {
+                    object,
+                    function: sym.name.clone(),
+                    count: n,
+                    addresses: matched
+                        .iter()
+                        .map(|m| format!("{:#x}", m.1))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Compares one candidate; on success returns the (symbol name, address)
+/// pairs its relocation fields reach.
+fn check(
+    orig: &Object,
+    f: SymbolId,
+    address: u64,
+    delta: u64,
+    target: &Target<'_>,
+) -> Result<Vec<(String, u64)>, Miss> {
+    let sym = orig.symbol(f);
+    let section = orig.section(sym.section.expect("defined"));
+    let start = sym.value as usize;
+    let ours = section
+        .data
+        .get(start..start + sym.size as usize)
+        .ok_or(Miss::NoBytes)?;
+    let image_addr = address.wrapping_sub(delta);
+    let theirs = target
+        .image
+        .bytes(image_addr, ours.len())
+        .ok_or(Miss::NoBytes)?;
+    let relocs = section.relocs_in(sym.value, sym.value + sym.size);
+    let masked = |i: u64| {
+        relocs
+            .iter()
+            .any(|r| i >= r.offset - sym.value && i < r.offset - sym.value + reloc_width(r.r_type))
+    };
+    if let Some(i) = (0..ours.len()).find(|&i| ours[i] != theirs[i] && !masked(i as u64)) {
+        return Err(Miss::Bytes { offset: i as u64 });
+    }
+    let mut seen = Vec::new();
+    for r in relocs {
+        let off = (r.offset - sym.value) as usize;
+        let width = reloc_width(r.r_type) as usize;
+        let Some(field) = theirs.get(off..off + width) else {
+            continue;
+        };
+        let p = address + off as u64;
+        // S + A as the kernel's field encodes it, in symbol-table addresses.
+        let s_plus_a = match r.r_type {
+            2 | 4 => p.wrapping_add(i32::from_le_bytes(field.try_into().expect("4")) as i64 as u64),
+            11 => {
+                (i32::from_le_bytes(field.try_into().expect("4")) as i64 as u64).wrapping_add(delta)
+            }
+            10 => u64::from(u32::from_le_bytes(field.try_into().expect("4"))).wrapping_add(delta),
+            1 => u64::from_le_bytes(field.try_into().expect("8")).wrapping_add(delta),
+            _ => continue,
+        };
+        let Some((name, addend)) = named_target(orig, r) else {
+            continue;
+        };
+        let at = s_plus_a.wrapping_sub(addend as u64);
+        let same = target.symbols.lookup(target.object, &name);
+        if same.is_empty() {
+            // Not in kallsyms (e.g. a linker-script symbol): nothing to prove.
+            continue;
+        }
+        if !same.iter().any(|e| e.address == at) {
+            return Err(Miss::Reference {
+                offset: off as u64,
+                ours: name,
+                theirs: describe(target.symbols, target.object, at),
+            });
+        }
+        seen.push((name, at));
+    }
+    Ok(seen)
+}
+
+/// The named symbol a relocation reaches and the addend relative to it;
+/// `None` for strings and anonymous data, which have no name to check.
+fn named_target(obj: &Object, r: &graft_elf::Reloc) -> Option<(String, i64)> {
+    match obj.reloc_target(r) {
+        RelocTarget::Symbol(id) => Some((obj.symbol(id).name.clone(), r.addend)),
+        RelocTarget::SectionOffset(sec, off) => {
+            let section = obj.section(sec);
+            if is_string_section(section) {
+                return None;
+            }
+            let s = obj.symbol_covering(sec, off + pcrel_bias(r.r_type))?;
+            Some((s.name.clone(), off - s.value as i64))
+        }
+    }
+}
+
+/// "name+0x12" for an address, from the symbol table.
+fn describe(symbols: &SymbolTable, object: &str, addr: u64) -> String {
+    match symbols.nearest(object, addr) {
+        Some(e) if e.address == addr => e.name.clone(),
+        Some(e) => format!("{}+{:#x}", e.name, addr - e.address),
+        None => format!("{addr:#x}"),
+    }
+}
+
+/// Builds the error for a function no candidate matched, from the candidate
+/// that matched longest.
+fn explain(
+    orig: &Object,
+    f: SymbolId,
+    object: &str,
+    delta: u64,
+    target: &Target<'_>,
+    misses: Vec<(u64, Miss)>,
+) -> VerifyError {
+    let sym = orig.symbol(f);
+    let best = misses.into_iter().max_by_key(|(_, m)| match m {
+        Miss::Bytes { offset } | Miss::Reference { offset, .. } => *offset as i64,
+        Miss::NoBytes => -1,
+    });
+    match best {
+        Some((address, Miss::Bytes { offset })) => {
+            let section = orig.section(sym.section.expect("defined"));
+            let start = sym.value as usize;
+            let ours = &section.data[start..start + sym.size as usize];
+            let theirs = target
+                .image
+                .bytes(address.wrapping_sub(delta), ours.len())
+                .unwrap_or(&[]);
+            VerifyError::Mismatch {
+                object: object.to_owned(),
+                function: sym.name.clone(),
+                offset,
+                ours: disassemble_at(ours, address, offset),
+                theirs: disassemble_at(theirs, address, offset),
+            }
+        }
+        Some((
+            _,
+            Miss::Reference {
+                offset,
+                ours,
+                theirs,
+            },
+        )) => VerifyError::WrongReference {
+            object: object.to_owned(),
+            function: sym.name.clone(),
+            offset,
+            ours,
+            theirs,
+        },
+        Some((address, Miss::NoBytes)) => VerifyError::NotInImage {
+            path: target.image.path.display().to_string(),
+            function: sym.name.clone(),
+            address,
+        },
+        None => VerifyError::NotInKernel {
+            object: object.to_owned(),
+            function: sym.name.clone(),
+        },
+    }
+}
+
+/// The instruction of `code` (loaded at `ip`) that covers `offset`, in AT&T syntax.
+pub fn disassemble_at(code: &[u8], ip: u64, offset: u64) -> String {
+    let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    let mut fmt = GasFormatter::new();
+    while d.can_decode() {
+        d.decode_out(&mut insn);
+        let (lo, hi) = (insn.ip() - ip, insn.ip() - ip + insn.len() as u64);
+        if offset >= lo && offset < hi {
+            let mut s = String::new();
+            fmt.format(&insn, &mut s);
+            let bytes: Vec<String> = code[lo as usize..hi as usize]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            return format!("{s} [{}]", bytes.join(" "));
+        }
+    }
+    "(no instruction)".into()
+}
