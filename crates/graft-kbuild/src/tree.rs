@@ -159,10 +159,17 @@ fn make_vars(root: &Path) -> Vec<String> {
     } else if cfg.get("CONFIG_CC_IS_CLANG").map(String::as_str) == Some("y") {
         vars.push("CC=clang".into());
     }
-    if let Ok(rel) = std::fs::read_to_string(root.join("include/config/kernel.release")) {
-        if !rel.trim().is_empty() {
-            vars.push(format!("KERNELRELEASE={}", rel.trim()));
-        }
+    // The release the tree was prepared with is the one compiled in
+    // (`UTS_RELEASE`); `include/config/kernel.release` may differ when the
+    // tree was prepared with KERNELRELEASE= on the command line, as distros do.
+    let uts = std::fs::read_to_string(root.join("include/generated/utsrelease.h")).unwrap_or_default();
+    if let Some(rel) = uts
+        .lines()
+        .find_map(|l| l.strip_prefix("#define UTS_RELEASE "))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .filter(|r| !r.is_empty() && !r.contains(char::is_whitespace))
+    {
+        vars.push(format!("KERNELRELEASE={rel}"));
     }
     vars
 }
