@@ -88,7 +88,9 @@ impl Mirror {
                 mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
             };
             stats.files += 1;
-            let stale = old.get(rel) != Some(&stamp) || dirty.iter().any(|d| d == rel);
+            let stale = old.get(rel) != Some(&stamp)
+                || dirty.iter().any(|d| d == rel)
+                || (is_configuration(rel) && self.differs(rel));
             if stale {
                 self.copy_in(rel, meta)?;
                 stats.copied += 1;
@@ -107,6 +109,14 @@ impl Mirror {
         write_manifest(&self.manifest_path(), &now)?;
         let _ = fs::remove_file(self.dirty_path());
         Ok(stats)
+    }
+
+    /// Whether the copy of `rel` no longer has the user's content.
+    fn differs(&self, rel: &str) -> bool {
+        match (fs::read(self.source.join(rel)), fs::read(self.root.join(rel))) {
+            (Ok(a), Ok(b)) => a != b,
+            _ => true,
+        }
     }
 
     /// Copies one file (or symlink) from the user's tree, atomically, keeping its mtime.
@@ -200,6 +210,14 @@ impl Mirror {
     pub fn revert(&mut self) -> Result<(), KbuildError> {
         self.refresh().map(|_| ())
     }
+}
+
+/// The tree's configuration and the headers generated from it. kbuild
+/// rewrites them when it is run with other settings; whatever happened in
+/// the copy, they must be the user's, so they are compared by content.
+fn is_configuration(rel: &str) -> bool {
+    const DIRS: &[&str] = &["include/config/", "include/generated/", "arch/x86/include/generated/"];
+    rel == ".config" || DIRS.iter().any(|d| rel.starts_with(d))
 }
 
 fn walk(
