@@ -113,7 +113,10 @@ impl Mirror {
 
     /// Whether the copy of `rel` no longer has the user's content.
     fn differs(&self, rel: &str) -> bool {
-        match (fs::read(self.source.join(rel)), fs::read(self.root.join(rel))) {
+        match (
+            fs::read(self.source.join(rel)),
+            fs::read(self.root.join(rel)),
+        ) {
             (Ok(a), Ok(b)) => a != b,
             _ => true,
         }
@@ -216,7 +219,11 @@ impl Mirror {
 /// rewrites them when it is run with other settings; whatever happened in
 /// the copy, they must be the user's, so they are compared by content.
 fn is_configuration(rel: &str) -> bool {
-    const DIRS: &[&str] = &["include/config/", "include/generated/", "arch/x86/include/generated/"];
+    const DIRS: &[&str] = &[
+        "include/config/",
+        "include/generated/",
+        "arch/x86/include/generated/",
+    ];
     rel == ".config" || DIRS.iter().any(|d| rel.starts_with(d))
 }
 

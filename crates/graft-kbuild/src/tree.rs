@@ -162,7 +162,8 @@ fn make_vars(root: &Path) -> Vec<String> {
     // The release the tree was prepared with is the one compiled in
     // (`UTS_RELEASE`); `include/config/kernel.release` may differ when the
     // tree was prepared with KERNELRELEASE= on the command line, as distros do.
-    let uts = std::fs::read_to_string(root.join("include/generated/utsrelease.h")).unwrap_or_default();
+    let uts =
+        std::fs::read_to_string(root.join("include/generated/utsrelease.h")).unwrap_or_default();
     if let Some(rel) = uts
         .lines()
         .find_map(|l| l.strip_prefix("#define UTS_RELEASE "))

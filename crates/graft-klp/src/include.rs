@@ -85,6 +85,17 @@ pub fn plan<'a>(
         if plan.sections.insert(c.section_id) {
             work.push(c.section_id);
         }
+        // A split-off part (`foo.cold`) jumps back into its parent at fixed
+        // offsets: the new parent needs its own copy, never the old one.
+        for part in diff
+            .functions
+            .iter()
+            .filter(|p| is_part_of(&p.name, &c.name))
+        {
+            if plan.sections.insert(part.section_id) {
+                work.push(part.section_id);
+            }
+        }
     }
     let new_data: BTreeSet<SymbolId> = diff
         .data
@@ -101,7 +112,10 @@ pub fn plan<'a>(
                 Reduced::Defined(sym, addend) => {
                     let s = patched.symbol(sym);
                     let home = s.section.expect("defined");
-                    if plan.sections.contains(&home) || new_data.contains(&sym) {
+                    if plan.sections.contains(&home)
+                        || new_data.contains(&sym)
+                        || is_constant(patched, sym)
+                    {
                         if plan.sections.insert(home) {
                             work.push(home);
                         }
@@ -148,6 +162,8 @@ pub fn plan<'a>(
                 .sympos(&c.name)
                 .map_err(|e| lookup_error(&object, &c.name, &c.name, e))?;
             plan.funcs.push(KlpFunc {
+                object: (resolver.object != graft_elf::klp::VMLINUX)
+                    .then(|| resolver.object.to_owned()),
                 old_name: c.name.clone(),
                 old_sympos,
                 new_symbol: alias,
@@ -155,6 +171,31 @@ pub fn plan<'a>(
         }
     }
     Ok(plan)
+}
+
+/// Read-only data (string constants such as `__func__.42`, const tables) is
+/// carried as a copy: it cannot change at run time, and a copy spares a
+/// fragile reference to a compiler-numbered local in the running kernel.
+fn is_constant(obj: &Object, sym: SymbolId) -> bool {
+    const SHF_WRITE: u64 = 1;
+    let s = obj.symbol(sym);
+    s.kind == SymKind::Object
+        && s.section.is_some_and(|sec| {
+            let sec = obj.section(sec);
+            sec.is_alloc()
+                && !sec.is_exec()
+                && sec.flags & SHF_WRITE == 0
+                && !sec.name.starts_with(".init")
+        })
+}
+
+/// `foo.cold` and `foo.cold.3` are parts of `foo`.
+fn is_part_of(name: &str, parent: &str) -> bool {
+    name.strip_prefix(parent)
+        .and_then(|rest| rest.strip_prefix(".cold"))
+        .is_some_and(|n| {
+            n.is_empty() || (n.starts_with('.') && n[1..].bytes().all(|b| b.is_ascii_digit()))
+        })
 }
 
 enum Reduced {
@@ -204,13 +245,36 @@ fn external_name(
     name: &str,
     global: bool,
 ) -> Result<String, KlpError> {
+    use graft_elf::klp::{sym_name, VMLINUX};
     if global && resolver.exports.vmlinux_exports(name) {
         return Ok(name.to_owned());
     }
-    let sympos = resolver
-        .sympos(name)
-        .map_err(|e| lookup_error(object, user, name, e))?;
-    Ok(graft_elf::klp::sym_name(resolver.object, name, sympos))
+    if resolver.object != VMLINUX {
+        // Code of a module reaches the module's own symbols through klp
+        // relocations even when they are exported: the module may load
+        // after the patch, so the patch must not depend on it.
+        if !resolver.symbols.lookup(resolver.object, name).is_empty() {
+            let sympos = resolver
+                .sympos(name)
+                .map_err(|e| lookup_error(object, user, name, e))?;
+            return Ok(sym_name(resolver.object, name, sympos));
+        }
+        if resolver.symbols.lookup(VMLINUX, name).is_empty()
+            && global
+            && resolver.exports.get(name).is_some()
+        {
+            // Exported by another module: an ordinary dependency.
+            return Ok(name.to_owned());
+        }
+    }
+    let sympos = match resolver.known.get(name) {
+        Some(&p) if resolver.object == VMLINUX => p,
+        _ => resolver
+            .symbols
+            .unique_sympos(VMLINUX, name)
+            .map_err(|e| lookup_error(object, user, name, e))?,
+    };
+    Ok(sym_name(VMLINUX, name, sympos))
 }
 
 fn lookup_error(object: &str, function: &str, symbol: &str, e: SymposError) -> KlpError {

@@ -18,6 +18,8 @@ use serde::Serialize;
 /// One function the patch replaces, for the `klp_func` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KlpFunc {
+    /// The klp object the function lives in: `None` for vmlinux, else the module.
+    pub object: Option<String>,
     /// The function's name in the running kernel.
     pub old_name: String,
     pub old_sympos: u32,

@@ -6,8 +6,6 @@ use std::fmt::Write;
 use crate::KlpFunc;
 
 pub struct StubOptions<'a> {
-    /// The klp object the functions belong to; `None` is vmlinux.
-    pub object: Option<&'a str>,
     /// Atomic replace: this patch supersedes every earlier one.
     pub replace: bool,
     pub description: &'a str,
@@ -23,24 +21,32 @@ pub fn generate(funcs: &[KlpFunc], opts: &StubOptions<'_>) -> String {
     for f in funcs {
         let _ = writeln!(c, "extern char {}[];", f.new_symbol);
     }
-    c.push_str("\nstatic struct klp_func graft_funcs[] = {\n");
+    // One klp_func table per object, in order of first appearance.
+    let mut objects: Vec<Option<&str>> = Vec::new();
     for f in funcs {
-        let _ = writeln!(
-            c,
-            "\t{{ .old_name = \"{}\", .new_func = {}, .old_sympos = {} }},",
-            c_escape(&f.old_name),
-            f.new_symbol,
-            f.old_sympos
-        );
+        if !objects.contains(&f.object.as_deref()) {
+            objects.push(f.object.as_deref());
+        }
+    }
+    for (i, obj) in objects.iter().enumerate() {
+        let _ = write!(c, "\nstatic struct klp_func graft_funcs_{i}[] = {{\n");
+        for f in funcs.iter().filter(|f| f.object.as_deref() == *obj) {
+            let _ = writeln!(
+                c,
+                "\t{{ .old_name = \"{}\", .new_func = {}, .old_sympos = {} }},",
+                c_escape(&f.old_name),
+                f.new_symbol,
+                f.old_sympos
+            );
+        }
+        c.push_str("\t{ }\n};\n");
+    }
+    c.push_str("\nstatic struct klp_object graft_objs[] = {\n");
+    for (i, obj) in objects.iter().enumerate() {
+        let name = obj.map_or_else(|| "NULL".to_owned(), |o| format!("\"{}\"", c_escape(o)));
+        let _ = writeln!(c, "\t{{ .name = {name}, .funcs = graft_funcs_{i} }},");
     }
     c.push_str("\t{ }\n};\n\n");
-    let name = opts
-        .object
-        .map_or_else(|| "NULL".to_owned(), |o| format!("\"{}\"", c_escape(o)));
-    let _ = write!(
-        c,
-        "static struct klp_object graft_objs[] = {{\n\t{{ .name = {name}, .funcs = graft_funcs }},\n\t{{ }}\n}};\n\n"
-    );
     let _ = write!(
         c,
         "static struct klp_patch graft_patch = {{\n\t.mod = THIS_MODULE,\n\t.objs = graft_objs,\n\t.replace = {},\n}};\n\n",
@@ -76,6 +82,7 @@ mod tests {
     #[test]
     fn stub_lists_functions_and_flags() {
         let funcs = vec![KlpFunc {
+            object: None,
             old_name: "cmdline_proc_show".into(),
             old_sympos: 0,
             new_symbol: "__graft_new_0_0".into(),
@@ -83,7 +90,6 @@ mod tests {
         let c = generate(
             &funcs,
             &StubOptions {
-                object: None,
                 replace: true,
                 description: "fix \"x\"",
             },
@@ -92,7 +98,7 @@ mod tests {
         assert!(c.contains(
             ".old_name = \"cmdline_proc_show\", .new_func = __graft_new_0_0, .old_sympos = 0"
         ));
-        assert!(c.contains(".name = NULL"));
+        assert!(c.contains(".name = NULL, .funcs = graft_funcs_0"));
         assert!(c.contains(".replace = true"));
         assert!(c.contains("MODULE_INFO(livepatch, \"Y\")"));
         assert!(c.contains("MODULE_DESCRIPTION(\"fix \\\"x\\\"\")"));

@@ -101,6 +101,29 @@ impl SymbolTable {
         Ok(table)
     }
 
+    pub(crate) fn push_entry(&mut self, entry: KallsymsEntry) {
+        self.push(entry);
+    }
+
+    /// Forgets every symbol of `module`.
+    pub(crate) fn remove_module(&mut self, module: &str) {
+        if !self
+            .entries
+            .iter()
+            .any(|e| e.module.as_deref() == Some(module))
+        {
+            return;
+        }
+        let kept: Vec<KallsymsEntry> = std::mem::take(&mut self.entries)
+            .into_iter()
+            .filter(|e| e.module.as_deref() != Some(module))
+            .collect();
+        self.by_name.clear();
+        for e in kept {
+            self.push(e);
+        }
+    }
+
     fn push(&mut self, entry: KallsymsEntry) {
         let object = entry.module.clone().unwrap_or_else(|| "vmlinux".into());
         self.by_name

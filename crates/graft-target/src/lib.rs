@@ -3,10 +3,12 @@
 
 mod image;
 mod kallsyms;
+mod module;
 mod symvers;
 
 pub use image::{ImageError, KernelImage};
 pub use kallsyms::{KallsymsEntry, SymbolTable, SymposError};
+pub use module::{find_module, ModuleError, ModuleFile};
 pub use symvers::{Export, Exports};
 
 #[derive(Debug, thiserror::Error)]

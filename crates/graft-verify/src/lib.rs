@@ -338,3 +338,177 @@ pub fn disassemble_at(code: &[u8], ip: u64, offset: u64) -> String {
     }
     "(no instruction)".into()
 }
+
+/// Verifies `functions` of `orig` against the target's module `.ko`. The
+/// module is relocatable too, so code is compared relocation by relocation,
+/// by the names each one reaches; `sympos` counts in the module's own order.
+pub fn verify_module(
+    orig: &Object,
+    functions: &[SymbolId],
+    module: &graft_target::ModuleFile,
+) -> Result<Verified, VerifyError> {
+    let object = orig
+        .path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let ko = &module.object;
+    let listed = module.kallsyms();
+    let sympos_of = |name: &str, value: u64| -> Option<u32> {
+        let same: Vec<_> = listed.iter().filter(|e| e.name == name).collect();
+        let pos = same.iter().position(|e| e.address == value)?;
+        Some(if same.len() == 1 { 0 } else { pos as u32 + 1 })
+    };
+    let mut out = Verified::default();
+    for &f in functions {
+        let sym = orig.symbol(f);
+        let candidates: Vec<_> = ko.functions().filter(|k| k.name == sym.name).collect();
+        if candidates.is_empty() {
+            return Err(VerifyError::NotInKernel {
+                object,
+                function: format!("{} (module {})", sym.name, module.name),
+            });
+        }
+        let mut matched = Vec::new();
+        let mut best: Option<(u64, SymbolId)> = None;
+        for k in &candidates {
+            match compare_in_module(orig, f, ko, k.id) {
+                None => matched.push(*k),
+                Some(off) => {
+                    if best.is_none_or(|(b, _)| off > b) {
+                        best = Some((off, k.id));
+                    }
+                }
+            }
+        }
+        match matched.as_slice() {
+            [k] => {
+                let sympos = sympos_of(&k.name, k.value).unwrap_or(0);
+                out.functions.push(Match {
+                    function: sym.name.clone(),
+                    address: k.value,
+                    sympos,
+                });
+                out.sympos.insert(sym.name.clone(), sympos);
+                let sec = ko.section(k.section.expect("defined"));
+                for r in sec.relocs_in(k.value, k.value + k.size) {
+                    if let Some((name, _)) = named_target(ko, r) {
+                        let target = match ko.reloc_target(r) {
+                            RelocTarget::Symbol(id) => Some(ko.symbol(id)),
+                            RelocTarget::SectionOffset(s, off) => {
+                                ko.symbol_covering(s, off + pcrel_bias(r.r_type))
+                            }
+                        };
+                        if let Some(p) = target
+                            .filter(|t| t.section.is_some())
+                            .and_then(|t| sympos_of(&name, t.value))
+                        {
+                            out.sympos.insert(name, p);
+                        }
+                    }
+                }
+            }
+            [] => {
+                let (offset, k) = best.expect("a candidate that differs");
+                let ksym = ko.symbol(k);
+                let ours_sec = orig.section(sym.section.expect("defined"));
+                let theirs_sec = ko.section(ksym.section.expect("defined"));
+                let ours = &ours_sec.data[sym.value as usize..(sym.value + sym.size) as usize];
+                let theirs = theirs_sec
+                    .data
+                    .get(ksym.value as usize..(ksym.value + ksym.size) as usize)
+                    .unwrap_or(&[]);
+                return Err(VerifyError::Mismatch {
+                    object,
+                    function: format!("{} (module {})", sym.name, module.name),
+                    offset,
+                    ours: disassemble_at(ours, 0, offset),
+                    theirs: disassemble_at(theirs, 0, offset),
+                });
+            }
+            many => {
+                return Err(VerifyError::Ambiguous {
+                    object,
+                    function: sym.name.clone(),
+                    count: many.len(),
+                    addresses: many
+                        .iter()
+                        .map(|k| format!("{:#x}", k.value))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// First offset where `orig`'s function `f` and the module's function `k`
+/// differ. The module was built without `-ffunction-sections`, so the
+/// assembler resolved calls between its functions in place: where our copy
+/// has a relocation and the module's has none, the module's displacement must
+/// land on the symbol our relocation names.
+fn compare_in_module(orig: &Object, f: SymbolId, ko: &Object, k: SymbolId) -> Option<u64> {
+    use graft_diff::compare::normalize;
+    let (os, ks) = (orig.symbol(f), ko.symbol(k));
+    let (osec, ksec) = (orig.section(os.section?), ko.section(ks.section?));
+    let ours = osec
+        .data
+        .get(os.value as usize..(os.value + os.size) as usize)?;
+    let theirs = ksec
+        .data
+        .get(ks.value as usize..(ks.value + ks.size) as usize)?;
+    if ours.len() != theirs.len() {
+        return Some(ours.len().min(theirs.len()) as u64);
+    }
+    let orel = osec.relocs_in(os.value, os.value + os.size);
+    let krel = ksec.relocs_in(ks.value, ks.value + ks.size);
+    let masked = |i: u64| {
+        orel.iter()
+            .any(|r| i >= r.offset - os.value && i < r.offset - os.value + reloc_width(r.r_type))
+            || krel.iter().any(|r| {
+                i >= r.offset - ks.value && i < r.offset - ks.value + reloc_width(r.r_type)
+            })
+    };
+    let mut first: Option<u64> = (0..ours.len())
+        .find(|&i| ours[i] != theirs[i] && !masked(i as u64))
+        .map(|i| i as u64);
+    let mut note = |off: u64| first = Some(first.map_or(off, |f| f.min(off)));
+    for r in orel {
+        let off = r.offset - os.value;
+        match krel.iter().find(|q| q.offset - ks.value == off) {
+            Some(q) => {
+                let (a, b) = (normalize(orig, r, os.value), normalize(ko, q, ks.value));
+                if a != b {
+                    note(off);
+                }
+            }
+            None => {
+                // Resolved in place: only PC-relative references can be.
+                let Some((name, addend)) = named_target(orig, r) else {
+                    note(off);
+                    continue;
+                };
+                if !matches!(r.r_type, 2 | 4) {
+                    note(off);
+                    continue;
+                }
+                let field = &theirs[off as usize..off as usize + 4];
+                let disp = i32::from_le_bytes(field.try_into().expect("4")) as i64;
+                let at = (ks.value + off) as i64 + disp - addend;
+                let hit = ko
+                    .symbols_in(ksec.id)
+                    .any(|s| s.name == name && s.value as i64 == at);
+                if !hit {
+                    note(off);
+                }
+            }
+        }
+    }
+    for q in krel {
+        let off = q.offset - ks.value;
+        if !orel.iter().any(|r| r.offset - os.value == off) {
+            note(off);
+        }
+    }
+    first
+}

@@ -47,6 +47,9 @@ pub struct Args {
     /// Where graft keeps its private copy of the tree [default: /var/cache/graft/build as root, else ~/.cache/graft/build].
     #[arg(long, env = "GRAFT_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// The target kernel's modules, for files built into a module [default: /lib/modules/$(uname -r)].
+    #[arg(long)]
+    modules: Option<PathBuf>,
     /// The target kernel's boot image, to verify the build against [default: /boot/vmlinuz-$(uname -r)].
     #[arg(long)]
     image: Option<PathBuf>,
@@ -100,6 +103,10 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     let image_path = match &a.image {
         Some(i) => i.clone(),
         None => PathBuf::from(format!("/boot/vmlinuz-{}", release()?)),
+    };
+    let modules_dir = match &a.modules {
+        Some(m) => m.clone(),
+        None => PathBuf::from(format!("/lib/modules/{}", release()?)),
     };
     let symbols_path = a
         .symbols
@@ -177,28 +184,46 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     for (unit, (obj, link)) in objects.iter().zip(&linkage).enumerate() {
         let orig = Object::read(&work.path().join("orig").join(obj))?;
         let patched = Object::read(&work.path().join("patched").join(obj))?;
-        if *link == Linkage::Module {
-            bail!("{obj} is built into a loadable module; graft does not patch modules yet; hint: patch code built into vmlinux");
-        }
-        check_in_kernel(&orig, &symbols, obj)?;
+        // The klp object the file belongs to, and the symbols it can reach.
+        let module = match link {
+            Linkage::Module => Some(graft_target::find_module(&modules_dir, obj, &orig)?),
+            Linkage::BuiltIn => {
+                check_in_kernel(&orig, &symbols, obj)?;
+                None
+            }
+        };
+        let unit_symbols = module.as_ref().map(|m| {
+            let mut t = symbols.clone();
+            t.add_module(m);
+            t
+        });
+        let klp_object = module
+            .as_ref()
+            .map_or(graft_elf::klp::VMLINUX, |m| m.name.as_str());
         let d = graft_diff::diff(&orig, &patched)?;
-        let known = match &image {
-            Some(image) => {
+        let check = to_verify(&orig, &patched, &d);
+        let known = match (&module, &image) {
+            (Some(m), _) if !a.no_verify => {
+                let v = graft_verify::verify_module(&orig, &check, m)?;
+                verified.extend(v.functions);
+                v.sympos
+            }
+            (None, Some(image)) => {
                 let target = graft_verify::Target {
                     symbols: &symbols,
                     image,
                     object: graft_elf::klp::VMLINUX,
                 };
-                let v = graft_verify::verify(&orig, &to_verify(&orig, &patched, &d), &target)?;
+                let v = graft_verify::verify(&orig, &check, &target)?;
                 verified.extend(v.functions);
                 v.sympos
             }
-            None => BTreeMap::new(),
+            _ => BTreeMap::new(),
         };
         let resolver = Resolver {
-            symbols: &symbols,
+            symbols: unit_symbols.as_ref().unwrap_or(&symbols),
             exports: &exports,
-            object: graft_elf::klp::VMLINUX,
+            object: klp_object,
             known: &known,
         };
         let changed: Vec<String> = d.changed_functions().map(|c| c.name.clone()).collect();
@@ -232,7 +257,6 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     let stub = graft_klp::stub::generate(
         &funcs,
         &graft_klp::stub::StubOptions {
-            object: None,
             replace: !a.no_replace,
             description: &format!("graft live patch {}", a.name),
         },

@@ -48,6 +48,8 @@ pub fn build_args(lab: &Lab, patch: &Path, name: &str, out: &Path) -> Vec<OsStri
         lab.headers().into(),
         "--image".into(),
         lab.vmlinuz().into(),
+        "--modules".into(),
+        lab.modules_dir().into(),
         "--output".into(),
         out.into(),
     ]
@@ -89,3 +91,29 @@ pub fn patch_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// Builds `tests/patches/<patch>` as patch `name` for the lab's kernel;
+/// returns the module path and the JSON summary.
+pub fn build_ok(lab: &Lab, patch: &str, name: &str, out: &Path) -> (PathBuf, serde_json::Value) {
+    let mut args = build_args(
+        lab,
+        &repo_file(&format!("tests/patches/{patch}")),
+        name,
+        out,
+    );
+    args.insert(0, "--json".into());
+    let built = graft(&args);
+    assert!(
+        built.status.success(),
+        "graft build {patch} failed:\n{}",
+        stderr(&built)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&built.stdout).expect("JSON summary");
+    (out.join(format!("livepatch-{name}.ko")), summary)
+}
+
+/// Shell helpers for scenario scripts: `wait_for 'COND'` polls for ~30 s.
+pub const SH_PRELUDE: &str = r#"
+wait_for() { i=0; while [ $i -lt 120 ]; do eval "$1" && return 0; sleep 0.25; i=$((i+1)); done; return 1; }
+problems() { dmesg | grep -E "WARNING|Oops|BUG:|Call Trace|livepatch: .*(failed|error)" | sed 's/^/KERNEL-PROBLEM: /'; }
+"#;
