@@ -94,10 +94,7 @@ pub fn verify(
     functions: &[SymbolId],
     target: &Target<'_>,
 ) -> Result<Verified, VerifyError> {
-    let object = orig
-        .path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let object = orig.path.display().to_string();
     let delta = target
         .symbols
         .lookup(target.object, "_text")
@@ -280,16 +277,39 @@ fn explain(
             let section = orig.section(sym.section.expect("defined"));
             let start = sym.value as usize;
             let ours = &section.data[start..start + sym.size as usize];
-            let theirs = target
-                .image
-                .bytes(address.wrapping_sub(delta), ours.len())
+            // A few bytes more of theirs, so a longer last instruction decodes whole.
+            let image_addr = address.wrapping_sub(delta);
+            let theirs = (0..=15)
+                .rev()
+                .find_map(|extra| target.image.bytes(image_addr, ours.len() + extra))
                 .unwrap_or(&[]);
+            let relocs = section.relocs_in(sym.value, sym.value + sym.size);
+            let our_names = |lo: u64, hi: u64| {
+                relocs
+                    .iter()
+                    .find(|r| r.offset - sym.value >= lo && r.offset - sym.value < hi)
+                    .and_then(|r| named_target(orig, r).map(|(n, _)| n))
+            };
+            let mut ours_text = disassemble_at(ours, address, offset, &our_names);
+            let mut theirs_text = disassemble_at(theirs, address, offset, &|_, _| None);
+            if let Some(t) = reached(theirs, address, offset) {
+                theirs_text.push_str(&format!(
+                    " → {}",
+                    describe(target.symbols, target.object, t)
+                ));
+            }
+            if ours_text.is_empty() {
+                ours_text = "(end of function)".into();
+            }
+            if theirs_text.is_empty() {
+                theirs_text = "(end of function)".into();
+            }
             VerifyError::Mismatch {
                 object: object.to_owned(),
                 function: sym.name.clone(),
                 offset,
-                ours: disassemble_at(ours, address, offset),
-                theirs: disassemble_at(theirs, address, offset),
+                ours: ours_text,
+                theirs: theirs_text,
             }
         }
         Some((
@@ -318,25 +338,59 @@ fn explain(
     }
 }
 
-/// The instruction of `code` (loaded at `ip`) that covers `offset`, in AT&T syntax.
-pub fn disassemble_at(code: &[u8], ip: u64, offset: u64) -> String {
-    let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
-    let mut insn = Instruction::default();
-    let mut fmt = GasFormatter::new();
-    while d.can_decode() {
-        d.decode_out(&mut insn);
-        let (lo, hi) = (insn.ip() - ip, insn.ip() - ip + insn.len() as u64);
-        if offset >= lo && offset < hi {
+/// The instruction of `code` (loaded at `ip`) that covers `offset`, in AT&T
+/// syntax with its bytes; `names(lo, hi)` names the symbol a relocation in
+/// the instruction's byte range refers to, if any.
+pub fn disassemble_at(
+    code: &[u8],
+    ip: u64,
+    offset: u64,
+    names: &dyn Fn(u64, u64) -> Option<String>,
+) -> String {
+    match instruction_at(code, ip, offset) {
+        Some(insn) => {
+            let (lo, hi) = (insn.ip() - ip, insn.ip() - ip + insn.len() as u64);
             let mut s = String::new();
-            fmt.format(&insn, &mut s);
+            GasFormatter::new().format(&insn, &mut s);
             let bytes: Vec<String> = code[lo as usize..hi as usize]
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
-            return format!("{s} [{}]", bytes.join(" "));
+            let mut out = format!("{s} [{}]", bytes.join(" "));
+            if let Some(n) = names(lo, hi) {
+                out.push_str(&format!(" → {n}"));
+            }
+            out
+        }
+        None => String::new(),
+    }
+}
+
+fn instruction_at(code: &[u8], ip: u64, offset: u64) -> Option<Instruction> {
+    let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    while d.can_decode() {
+        d.decode_out(&mut insn);
+        if insn.is_invalid() {
+            return None;
+        }
+        if offset >= insn.ip() - ip && offset < insn.ip() - ip + insn.len() as u64 {
+            return Some(insn);
         }
     }
-    "(no instruction)".into()
+    None
+}
+
+/// The address an instruction's branch or RIP-relative operand reaches.
+fn reached(code: &[u8], ip: u64, offset: u64) -> Option<u64> {
+    let insn = instruction_at(code, ip, offset)?;
+    if insn.is_ip_rel_memory_operand() {
+        Some(insn.ip_rel_memory_address())
+    } else if insn.near_branch_target() != 0 {
+        Some(insn.near_branch_target())
+    } else {
+        None
+    }
 }
 
 /// Verifies `functions` of `orig` against the target's module `.ko`. The
@@ -347,10 +401,7 @@ pub fn verify_module(
     functions: &[SymbolId],
     module: &graft_target::ModuleFile,
 ) -> Result<Verified, VerifyError> {
-    let object = orig
-        .path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let object = orig.path.display().to_string();
     let ko = &module.object;
     let listed = module.kallsyms();
     let sympos_of = |name: &str, value: u64| -> Option<u32> {
@@ -421,8 +472,8 @@ pub fn verify_module(
                     object,
                     function: format!("{} (module {})", sym.name, module.name),
                     offset,
-                    ours: disassemble_at(ours, 0, offset),
-                    theirs: disassemble_at(theirs, 0, offset),
+                    ours: disassemble_at(ours, 0, offset, &|_, _| None),
+                    theirs: disassemble_at(theirs, 0, offset, &|_, _| None),
                 });
             }
             many => {

@@ -182,8 +182,11 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     let mut funcs = Vec::new();
     let mut files = Vec::new();
     for (unit, (obj, link)) in objects.iter().zip(&linkage).enumerate() {
-        let orig = Object::read(&work.path().join("orig").join(obj))?;
-        let patched = Object::read(&work.path().join("patched").join(obj))?;
+        // Objects are named by their path in the tree in every message.
+        let mut orig = Object::read(&work.path().join("orig").join(obj))?;
+        let mut patched = Object::read(&work.path().join("patched").join(obj))?;
+        orig.path = PathBuf::from(obj);
+        patched.path = PathBuf::from(obj);
         // The klp object the file belongs to, and the symbols it can reach.
         let module = match link {
             Linkage::Module => Some(graft_target::find_module(&modules_dir, obj, &orig)?),
@@ -259,6 +262,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         &graft_klp::stub::StubOptions {
             replace: !a.no_replace,
             description: &format!("graft live patch {}", a.name),
+            module_info: &crate::buildinfo::module_info(&a.patch, &headers, &funcs, !a.no_replace)?,
         },
     );
     let mdir = work.path().join("module");

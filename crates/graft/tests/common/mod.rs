@@ -117,3 +117,36 @@ pub const SH_PRELUDE: &str = r#"
 wait_for() { i=0; while [ $i -lt 120 ]; do eval "$1" && return 0; sleep 0.25; i=$((i+1)); done; return 1; }
 problems() { dmesg | grep -E "WARNING|Oops|BUG:|Call Trace|livepatch: .*(failed|error)" | sed 's/^/KERNEL-PROBLEM: /'; }
 "#;
+
+/// A variant of the lab's kernel tree, made once and cached next to the lab:
+/// hard links to the lab tree (which nothing writes to) with the files
+/// `change` writes replaced. `change` gets the variant's root and must
+/// replace files (remove, then write), never write into them.
+pub fn variant_tree(lab: &Lab, name: &str, change: impl FnOnce(&Path)) -> PathBuf {
+    let base = lab.dir().join("test-variants");
+    std::fs::create_dir_all(&base).unwrap();
+    let root = base.join(name);
+    let done = base.join(format!("{name}.done"));
+    let lock = std::fs::File::create(base.join(format!("{name}.lock"))).unwrap();
+    lock.lock().unwrap();
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&root);
+        let st = Command::new("cp")
+            .arg("-al")
+            .arg(lab.source_tree())
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(st.success(), "cp -al of the lab tree failed");
+        change(&root);
+        std::fs::write(&done, "").unwrap();
+    }
+    root
+}
+
+/// Replaces `rel` in a hard-linked variant tree with `text`.
+pub fn replace_file(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::remove_file(&p).unwrap();
+    std::fs::write(&p, text).unwrap();
+}
