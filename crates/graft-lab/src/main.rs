@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use graft_lab::{run_scenario, Lab, LabError, Scenario};
 
+mod demo;
+
 #[derive(Parser)]
 #[command(
     name = "graft-lab",
@@ -35,6 +37,15 @@ enum Cmd {
     },
     /// Capture /proc/kallsyms again by booting the kernel
     Kallsyms,
+    /// Build a one-line fix with graft and show it live in a VM, before and after
+    Demo {
+        /// The graft binary to use
+        #[arg(long, value_name = "PATH")]
+        graft: PathBuf,
+        /// The source fix
+        #[arg(long, value_name = "FILE")]
+        patch: PathBuf,
+    },
     /// Boot the lab kernel and run a shell script as root in the guest; prints the console
     Run {
         /// Host file with the script (`-` reads standard input)
@@ -116,6 +127,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print_summary(&lab);
             }
+        }
+        Cmd::Demo { graft, patch } => {
+            let lab = Lab::open(&root)?;
+            demo::run(&lab, &graft, &patch)?;
         }
         Cmd::Kallsyms => {
             let mut lab = Lab::open(&root)?;

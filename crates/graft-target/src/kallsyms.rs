@@ -42,11 +42,22 @@ pub enum SymposError {
 }
 
 impl SymbolTable {
+    /// Reads a symbol table: a kallsyms dump, a full `System.map`, or a
+    /// vmlinux ELF with its symbols.
     pub fn read(path: &Path) -> Result<SymbolTable, TargetError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TargetError::Io {
+        let bytes = std::fs::read(path).map_err(|source| TargetError::Io {
             path: path.to_owned(),
             source,
         })?;
+        if bytes.starts_with(b"\x7fELF") {
+            return SymbolTable::from_vmlinux(path, &bytes);
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        if text.lines().count() <= 2 && text.contains("System.map") {
+            return Err(TargetError::StubSystemMap {
+                path: path.to_owned(),
+            });
+        }
         let table = SymbolTable::parse(&text).map_err(|(line, text)| TargetError::Parse {
             path: path.to_owned(),
             line,
@@ -57,6 +68,65 @@ impl SymbolTable {
             return Err(TargetError::Empty {
                 path: path.to_owned(),
             });
+        }
+        Ok(table)
+    }
+
+    /// The symbols of a vmlinux with a symbol table, in address order (the
+    /// order kallsyms lists them in).
+    fn from_vmlinux(path: &Path, bytes: &[u8]) -> Result<SymbolTable, TargetError> {
+        use object::{Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
+        let bad = |what: String| TargetError::Parse {
+            path: path.to_owned(),
+            line: 0,
+            format: "vmlinux",
+            text: what,
+        };
+        let file = object::File::parse(bytes).map_err(|e| bad(e.to_string()))?;
+        let mut entries: Vec<KallsymsEntry> = file
+            .symbols()
+            .filter(|s| {
+                matches!(
+                    s.kind(),
+                    SymbolKind::Text | SymbolKind::Data | SymbolKind::Unknown
+                ) && s.address() != 0
+            })
+            .filter_map(|s| {
+                let name = s.name().ok()?.to_owned();
+                if name.is_empty() || name.starts_with("__key") {
+                    return None;
+                }
+                let section = s
+                    .section_index()
+                    .and_then(|i| file.section_by_index(i).ok());
+                let letter = match section.map(|sec| sec.kind()) {
+                    Some(SectionKind::Text) => 't',
+                    Some(SectionKind::ReadOnlyData | SectionKind::ReadOnlyString) => 'r',
+                    Some(SectionKind::UninitializedData) => 'b',
+                    _ => 'd',
+                };
+                let kind = if s.is_global() {
+                    letter.to_ascii_uppercase()
+                } else {
+                    letter
+                };
+                Some(KallsymsEntry {
+                    address: s.address(),
+                    kind,
+                    name,
+                    module: None,
+                })
+            })
+            .collect();
+        if entries.is_empty() {
+            return Err(TargetError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        entries.sort_by_key(|e| e.address);
+        let mut table = SymbolTable::default();
+        for e in entries {
+            table.push(e);
         }
         Ok(table)
     }

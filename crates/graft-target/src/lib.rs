@@ -30,6 +30,8 @@ pub enum TargetError {
         format: &'static str,
         text: String,
     },
+    #[error("{path} is Debian's stub System.map (the real one is in the -dbg package); hint: use the target's /proc/kallsyms, read as root")]
+    StubSystemMap { path: std::path::PathBuf },
     #[error("{path}: the symbol table is empty; hint: read /proc/kallsyms as root (as non-root every address reads 0)")]
     Empty { path: std::path::PathBuf },
 }
