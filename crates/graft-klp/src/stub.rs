@@ -9,6 +9,10 @@ pub struct StubOptions<'a> {
     /// Atomic replace: this patch supersedes every earlier one.
     pub replace: bool,
     pub description: &'a str,
+    /// Extra `MODULE_INFO(key, "value")` entries: graft's metadata, read back
+    /// offline from the module's `.modinfo` (`graft info X.ko`). Keys must be
+    /// C identifiers; entries with other keys are left out.
+    pub module_info: &'a [(String, String)],
 }
 
 /// C source of the stub. Names are C-escaped; aliases are graft's own.
@@ -62,7 +66,19 @@ pub fn generate(funcs: &[KlpFunc], opts: &StubOptions<'_>) -> String {
         "MODULE_LICENSE(\"GPL\");\nMODULE_INFO(livepatch, \"Y\");\nMODULE_DESCRIPTION(\"{}\");\n",
         c_escape(opts.description)
     );
+    for (key, value) in opts.module_info {
+        if is_c_identifier(key) {
+            let _ = writeln!(c, "MODULE_INFO({key}, \"{}\");", c_escape(value));
+        }
+    }
     c
+}
+
+fn is_c_identifier(s: &str) -> bool {
+    s.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn c_escape(s: &str) -> String {
@@ -92,6 +108,11 @@ mod tests {
             &StubOptions {
                 replace: true,
                 description: "fix \"x\"",
+                module_info: &[
+                    ("graft_version".into(), "0.1.0".into()),
+                    ("graft_functions".into(), "vmlinux:a,0 vmlinux:b,2".into()),
+                    ("bad key".into(), "dropped".into()),
+                ],
             },
         );
         assert!(c.contains("extern char __graft_new_0_0[];"));
@@ -102,5 +123,8 @@ mod tests {
         assert!(c.contains(".replace = true"));
         assert!(c.contains("MODULE_INFO(livepatch, \"Y\")"));
         assert!(c.contains("MODULE_DESCRIPTION(\"fix \\\"x\\\"\")"));
+        assert!(c.contains("MODULE_INFO(graft_version, \"0.1.0\");"));
+        assert!(c.contains("MODULE_INFO(graft_functions, \"vmlinux:a,0 vmlinux:b,2\");"));
+        assert!(!c.contains("dropped"));
     }
 }

@@ -2,8 +2,15 @@
 //! command lives in its own module and calls the library crates.
 
 mod build;
+mod buildinfo;
 mod diff;
+mod info;
+mod install;
+mod list;
+mod load;
+mod opsui;
 mod output;
+mod unload;
 
 use std::process::ExitCode;
 
@@ -19,6 +26,12 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// graft refused: the patch cannot be made into a safe live patch.
     pub const REFUSED: u8 = 3;
+    /// A transition (load or unload) did not complete in time, or was
+    /// interrupted, and was reversed: the system is as it was before.
+    pub const REVERTED: u8 = 4;
+    /// A transition stalled and so did its reversal: the kernel keeps
+    /// trying; the operator must look (`graft list`).
+    pub const STUCK: u8 = 5;
 }
 
 #[derive(Parser)]
@@ -41,6 +54,18 @@ enum Command {
     Build(build::Args),
     /// Compare an original and a patched object, function by function.
     Diff(diff::Args),
+    /// Load a live patch and follow its transition; a stall is reversed.
+    Load(load::Args),
+    /// Disable a live patch, follow the transition back, remove its module.
+    Unload(unload::Args),
+    /// The loaded live patches, in the order they stack.
+    List(list::Args),
+    /// A patch's metadata (offline from its .ko) and live state.
+    Info(info::Args),
+    /// Keep a live patch for boot (/var/lib/graft, graft.service).
+    Install(install::InstallArgs),
+    /// Remove a live patch kept for boot.
+    Uninstall(install::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +73,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(a) => build::run(a, cli.json),
         Command::Diff(a) => diff::run(a, cli.json),
+        Command::Load(a) => load::run(a, cli.json),
+        Command::Unload(a) => unload::run(a, cli.json),
+        Command::List(a) => list::run(a, cli.json),
+        Command::Info(a) => info::run(a, cli.json),
+        Command::Install(a) => install::install(a, cli.json),
+        Command::Uninstall(a) => install::uninstall(a, cli.json),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

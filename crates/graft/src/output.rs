@@ -16,6 +16,9 @@ pub fn error(e: &anyhow::Error) {
 }
 
 pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(c) = e.downcast_ref::<crate::opsui::Coded>() {
+        return c.code;
+    }
     if e.chain()
         .any(|c| c.downcast_ref::<graft_diff::DiffError>().is_some())
     {
