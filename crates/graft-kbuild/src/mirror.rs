@@ -181,14 +181,12 @@ impl Mirror {
             "-",
         ])
         .arg("-d")
-        .arg(&self.root)
-        .arg("-i")
-        .arg(&patch.path);
+        .arg(&self.root);
         if dry {
             cmd.arg("--dry-run");
         }
-        let out = cmd
-            .output()
+        // The bytes graft parsed are the bytes applied: fed on stdin.
+        let out = run_with_input(&mut cmd, &patch.bytes)
             .map_err(io("cannot run patch(1); hint: apt-get install patch"))?;
         if !out.status.success() {
             let text = format!(
@@ -225,6 +223,25 @@ fn is_configuration(rel: &str) -> bool {
         "arch/x86/include/generated/",
     ];
     rel == ".config" || DIRS.iter().any(|d| rel.starts_with(d))
+}
+
+fn run_with_input(
+    cmd: &mut std::process::Command,
+    input: &[u8],
+) -> std::io::Result<std::process::Output> {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let data = input.to_vec();
+    // Written from a thread: patch may fill its output pipes before reading all input.
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output()?;
+    let _ = writer.join();
+    Ok(out)
 }
 
 fn walk(

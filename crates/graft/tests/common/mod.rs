@@ -31,6 +31,15 @@ pub fn graft(args: &[OsString]) -> Output {
         .expect("run graft")
 }
 
+/// `graft` run from the repository's top directory (relative paths work).
+pub fn graft_in_repo(args: &[OsString]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(args)
+        .current_dir(repo_file(""))
+        .output()
+        .expect("run graft")
+}
+
 /// `graft build PATCH` against the lab's kernel, with `extra` arguments.
 pub fn build_args(lab: &Lab, patch: &Path, name: &str, out: &Path) -> Vec<OsString> {
     vec![
