@@ -195,9 +195,9 @@ impl Object {
                 name: String::from_utf8_lossy(name).into_owned(),
                 sh_type: sh.sh_type(endian).0,
                 flags: sh.sh_flags(endian).0,
-                align: sh.sh_addralign(endian).into(),
-                entsize: sh.sh_entsize(endian).into(),
-                size: sh.sh_size(endian).into(),
+                align: sh.sh_addralign(endian),
+                entsize: sh.sh_entsize(endian),
+                size: sh.sh_size(endian),
                 data: bytes.to_vec(),
                 relocs: Vec::new(),
                 rela: None,
@@ -250,8 +250,8 @@ impl Object {
                 binding,
                 section,
                 shndx: sym.st_shndx(endian).0,
-                value: sym.st_value(endian).into(),
-                size: sym.st_size(endian).into(),
+                value: sym.st_value(endian),
+                size: sym.st_size(endian),
                 other: sym.st_other().0,
             });
         }
