@@ -288,7 +288,7 @@ fn lookup_error(object: &str, function: &str, symbol: &str, e: SymposError) -> K
             object: object.into(),
             function: function.into(),
             symbol: symbol.into(),
-            source: e,
+            source: Box::new(e),
         },
     }
 }

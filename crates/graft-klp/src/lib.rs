@@ -41,7 +41,7 @@ pub enum KlpError {
         object: String,
         function: String,
         symbol: String,
-        source: graft_target::SymposError,
+        source: Box<graft_target::SymposError>,
     },
     #[error("{object}: {what}")]
     Unsupported { object: String, what: String },

@@ -92,7 +92,7 @@ pub fn filter(plan: &Plan<'_>) -> Result<Vec<Filtered>, KlpError> {
                     .section_by_name(".orc_unwind")
                     .ok_or_else(|| unsupported(s))?;
                 let n = s.size / ip_size;
-                if n == 0 || data.size % n != 0 {
+                if n == 0 || !data.size.is_multiple_of(n) {
                     return Err(unsupported(data));
                 }
                 let ip = keep_entries(plan, obj, s, ip_size, None);
@@ -121,7 +121,7 @@ fn carried(plan: &Plan<'_>, obj: &Object, r: &graft_elf::Reloc) -> bool {
 /// the entry: the size follows from the table itself.
 fn entry_size(s: &Section) -> Option<u64> {
     let n = s.relocs.len() as u64;
-    if n == 0 || s.size % n != 0 {
+    if n == 0 || !s.size.is_multiple_of(n) {
         return None;
     }
     let size = s.size / n;
