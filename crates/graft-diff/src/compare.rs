@@ -1,16 +1,30 @@
-//! Equality of a function or data object across the two builds: bytes equal
-//! outside relocation fields, and every relocation pointing at "the same
-//! thing" (same symbol name, same string, same place in a section).
+//! Equality of a function or data object across the two builds.
+//!
+//! A symbol is the same when its bytes are equal outside relocated fields,
+//! every relocation reaches "the same thing", and every table entry that
+//! describes it (bug sites, exception fixups, jump labels, alternatives…)
+//! is the same. "The same thing" is judged by identity, never by index or
+//! offset: a twin's original name for symbols (so a renumbered `count.3` is
+//! still `count.1`), the contents of a string, the contents of an anonymous
+//! code or data piece.
+//!
+//! `__LINE__` is compared modulo the fields the kernel's own layout says are
+//! line numbers (`bug_entry.line`, `_ddebug.lineno`, `pi_entry.line`): WARN
+//! and BUG sites record their line in `__bug_table` and not in the code, so
+//! a function whose WARN_ON moved down three lines has identical code and
+//! entries that differ only there. Such a function is the same, with a note.
 
-use graft_elf::{Object, Reloc, RelocTarget, Section, SymbolId};
+use std::collections::HashMap;
 
-use crate::correlate::Twins;
-use crate::{Change, Verdict};
+use graft_elf::{Object, Reloc, Section, SectionId, SymKind, SymbolId};
 
-// x86-64 relocation types that matter for comparison.
+use crate::code::{CodeMap, Target};
+use crate::correlate::{symbol_at, Twins};
+use crate::layout::Layout;
+use crate::special::{self, Role, TableEntries};
+
+// x86-64 relocation types that matter for field widths.
 const R_X86_64_64: u32 = 1;
-const R_X86_64_PC32: u32 = 2;
-const R_X86_64_PLT32: u32 = 4;
 const R_X86_64_PC64: u32 = 24;
 
 /// Width in bytes of the field a relocation writes.
@@ -21,34 +35,13 @@ pub fn reloc_width(r_type: u32) -> u64 {
     }
 }
 
-/// PC-relative relocations carry `-4` (the field's distance to the next
-/// instruction) in their addend; remove it to see the real target offset.
+/// The usual distance from a PC-relative field in code to its instruction's
+/// end; [`crate::code::CodeMap::bias`] knows the real one.
 pub fn pcrel_bias(r_type: u32) -> i64 {
     match r_type {
-        R_X86_64_PC32 | R_X86_64_PLT32 => 4,
+        2 | 4 => 4,
         _ => 0,
     }
-}
-
-/// What a relocation refers to, independent of symbol and section indexes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RefKey {
-    /// A named symbol; the residual addend is kept alongside.
-    Symbol(String),
-    /// A NUL-terminated string in a mergeable string section.
-    Str(Vec<u8>),
-    /// Anonymous data in a section (jump tables, constants).
-    Section(String),
-}
-
-/// A relocation made comparable: offset from the symbol start, type, what it
-/// references and the addend relative to that.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NormReloc {
-    pub offset: u64,
-    pub r_type: u32,
-    pub key: RefKey,
-    pub addend: i64,
 }
 
 pub fn is_string_section(s: &Section) -> bool {
@@ -65,10 +58,38 @@ pub fn string_at(s: &Section, offset: i64) -> Option<&[u8]> {
     Some(&tail[..end])
 }
 
+/// What a relocation refers to, independent of symbol and section indexes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefKey {
+    /// A symbol, by its identity in the original build.
+    Symbol(String),
+    /// A C string, by its contents.
+    Str(Vec<u8>),
+    /// An anonymous piece of code or data, by its contents.
+    Piece(Vec<u8>, Vec<NormReloc>),
+    /// A place in a section graft cannot cut into pieces.
+    Section(String),
+}
+
+/// A relocation made comparable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormReloc {
+    pub offset: u64,
+    pub r_type: u32,
+    pub key: RefKey,
+    /// The offset into what `key` names.
+    pub addend: i64,
+}
+
+/// A relocation normalized by names alone, for comparing objects that are
+/// not two builds of one file (run-pre matching against the target): a
+/// symbol by its name, a string by its contents, anything else by section.
 pub fn normalize(obj: &Object, reloc: &Reloc, base: u64) -> NormReloc {
     let (key, addend) = match obj.reloc_target(reloc) {
-        RelocTarget::Symbol(id) => (RefKey::Symbol(obj.symbol(id).name.clone()), reloc.addend),
-        RelocTarget::SectionOffset(sec, off) => {
+        graft_elf::RelocTarget::Symbol(id) => {
+            (RefKey::Symbol(obj.symbol(id).name.clone()), reloc.addend)
+        }
+        graft_elf::RelocTarget::SectionOffset(sec, off) => {
             let section = obj.section(sec);
             let bias = pcrel_bias(reloc.r_type);
             if is_string_section(section) {
@@ -84,89 +105,384 @@ pub fn normalize(obj: &Object, reloc: &Reloc, base: u64) -> NormReloc {
         }
     };
     NormReloc {
-        offset: reloc.offset - base,
+        offset: reloc.offset.saturating_sub(base),
         r_type: reloc.r_type,
         key,
         addend,
     }
 }
 
-/// Bytes and normalized relocations of a symbol.
-fn body(obj: &Object, sym: SymbolId) -> (&[u8], Vec<NormReloc>) {
-    let s = obj.symbol(sym);
-    let section = obj.section(s.section.expect("defined symbol"));
-    let start = s.value;
-    let end = if s.size == 0 {
-        section.size
-    } else {
-        start + s.size
-    };
-    let bytes = if section.is_nobits() {
-        &[][..]
-    } else {
-        let lo = (start as usize).min(section.data.len());
-        let hi = (end as usize).min(section.data.len()).max(lo);
-        &section.data[lo..hi]
-    };
-    let relocs = section
-        .relocs_in(start, end)
-        .iter()
-        .map(|r| normalize(obj, r, start))
-        .collect();
-    (bytes, relocs)
+/// One build's object with what the comparison needs to know about it.
+pub struct Side<'a> {
+    pub obj: &'a Object,
+    pub code: CodeMap,
+    pub tables: Vec<TableEntries>,
+    /// Tables graft could not cut (no layout, malformed), by section.
+    pub table_errors: Vec<(SectionId, special::TableError)>,
+    /// (table index, entry index) of the entries describing each function.
+    pub entries_of: HashMap<SymbolId, Vec<(usize, usize)>>,
+    pub pieces: HashMap<SectionId, Vec<u64>>,
+    pub patched: bool,
 }
 
-/// First offset at which the two symbols differ, or `None` if they are the same.
-pub fn first_difference(orig: &Object, o: SymbolId, patched: &Object, p: SymbolId) -> Option<u64> {
-    let (ob, orl) = body(orig, o);
-    let (pb, prl) = body(patched, p);
-    let (osz, psz) = (orig.symbol(o).size, patched.symbol(p).size);
-    let masked = |offset: u64| {
-        orl.iter()
-            .chain(prl.iter())
-            .any(|r| offset >= r.offset && offset < r.offset + reloc_width(r.r_type))
+impl<'a> Side<'a> {
+    pub fn new(obj: &'a Object, layout: &Layout, patched: bool) -> Side<'a> {
+        let code = CodeMap::new(obj);
+        let mut tables = Vec::new();
+        let mut table_errors = Vec::new();
+        let mut pieces = HashMap::new();
+        for s in &obj.sections {
+            match special::role(s) {
+                Some(Role::Table(t)) => match special::entries(obj, s, &t, layout) {
+                    Ok(e) => tables.push(e),
+                    Err(e) => table_errors.push((s.id, e)),
+                },
+                Some(Role::Pieces) => {
+                    pieces.insert(s.id, special::piece_starts(obj, &code, s.id));
+                }
+                Some(Role::Data) if !s.relocs.is_empty() || s.is_alloc() => {
+                    // Anonymous data (no symbol) is cut into pieces too.
+                    if obj.symbols_in(s.id).next().is_none() && !is_string_section(s) {
+                        pieces.insert(s.id, special::piece_starts(obj, &code, s.id));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut entries_of: HashMap<SymbolId, Vec<(usize, usize)>> = HashMap::new();
+        for (ti, t) in tables.iter().enumerate() {
+            for (ei, e) in t.entries.iter().enumerate() {
+                if let Some(o) = e.owner {
+                    entries_of.entry(o).or_default().push((ti, ei));
+                }
+            }
+        }
+        Side {
+            obj,
+            code,
+            tables,
+            table_errors,
+            entries_of,
+            pieces,
+            patched,
+        }
+    }
+}
+
+pub struct Ctx<'a> {
+    pub orig: Side<'a>,
+    pub patched: Side<'a>,
+    pub twins: Twins,
+    pub layout: &'a Layout,
+}
+
+/// A function's or object's comparable body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body {
+    pub bytes: Vec<u8>,
+    pub relocs: Vec<NormReloc>,
+    pub entries: Vec<NormEntry>,
+    /// Line numbers read from line fields, in entry order.
+    pub lines: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormEntry {
+    pub table: String,
+    pub site: i64,
+    pub bytes: Vec<u8>,
+    pub relocs: Vec<NormReloc>,
+    pub replacement: Option<(Vec<u8>, Vec<NormReloc>)>,
+}
+
+/// How two bodies differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Difference {
+    /// Code or data bytes differ at this offset.
+    Bytes(u64),
+    /// A relocation at this offset reaches something else.
+    Reloc(u64, String),
+    /// Sizes differ.
+    Size(u64, u64),
+    /// A table entry describing the site at this offset differs.
+    Entry(String, i64),
+}
+
+impl Difference {
+    pub fn offset(&self) -> u64 {
+        match self {
+            Difference::Bytes(o) | Difference::Reloc(o, _) => *o,
+            Difference::Size(a, b) => (*a).min(*b),
+            Difference::Entry(_, site) => (*site).max(0) as u64,
+        }
+    }
+}
+
+impl<'a> Ctx<'a> {
+    fn side(&self, patched: bool) -> &Side<'a> {
+        if patched {
+            &self.patched
+        } else {
+            &self.orig
+        }
+    }
+
+    /// Identity of `id` on `side`, with original names resolved.
+    pub fn identity(&self, patched: bool, id: SymbolId) -> String {
+        let side = self.side(patched);
+        let s = side.obj.symbol(id);
+        if !patched || s.section.is_none() {
+            return s.name.clone();
+        }
+        match self.twins.orig_of(id) {
+            Some(o) => self.orig.obj.symbol(o).name.clone(),
+            None => format!("new {}", s.name),
+        }
+    }
+
+    fn norm(&self, patched: bool, s: &Section, r: &Reloc, base: u64, depth: u8) -> NormReloc {
+        let side = self.side(patched);
+        let obj = side.obj;
+        let (key, addend) = match side.code.target(obj, s, r) {
+            Target::Undefined(name, addend) => (RefKey::Symbol(name), addend),
+            Target::Place(sec, off, _) => {
+                let section = obj.section(sec);
+                if is_string_section(section) {
+                    match string_at(section, off) {
+                        Some(st) => (RefKey::Str(st.to_vec()), 0),
+                        None => (RefKey::Section(section.name.clone()), off),
+                    }
+                } else if let Some(starts) = side.pieces.get(&sec).filter(|_| depth == 0) {
+                    let at = off.max(0) as u64;
+                    let start = starts
+                        .iter()
+                        .rev()
+                        .find(|&&st| st <= at)
+                        .copied()
+                        .unwrap_or(0);
+                    let (lo, hi) = special::piece_range(obj, sec, starts, start);
+                    let (bytes, relocs) = self.raw(patched, section, lo, hi, depth + 1);
+                    (RefKey::Piece(bytes, relocs), off - lo as i64)
+                } else if let Some(sym) = symbol_at(obj, sec, off) {
+                    (
+                        RefKey::Symbol(self.identity(patched, sym)),
+                        off - obj.symbol(sym).value as i64,
+                    )
+                } else {
+                    (RefKey::Section(section.name.clone()), off)
+                }
+            }
+        };
+        NormReloc {
+            offset: r.offset.saturating_sub(base),
+            r_type: r.r_type,
+            key,
+            addend,
+        }
+    }
+
+    /// Bytes of `[lo, hi)` of `s` with relocation fields zeroed, and the
+    /// normalized relocations.
+    fn raw(
+        &self,
+        patched: bool,
+        s: &Section,
+        lo: u64,
+        hi: u64,
+        depth: u8,
+    ) -> (Vec<u8>, Vec<NormReloc>) {
+        let mut bytes = if s.is_nobits() {
+            Vec::new()
+        } else {
+            let a = (lo as usize).min(s.data.len());
+            let b = (hi as usize).min(s.data.len()).max(a);
+            s.data[a..b].to_vec()
+        };
+        let relocs: Vec<NormReloc> = s
+            .relocs_in(lo, hi)
+            .iter()
+            .map(|r| self.norm(patched, s, r, lo, depth))
+            .collect();
+        for r in s.relocs_in(lo, hi) {
+            let a = (r.offset - lo) as usize;
+            let b = a
+                .saturating_add(reloc_width(r.r_type) as usize)
+                .min(bytes.len());
+            if a < b {
+                bytes[a..b].fill(0);
+            }
+        }
+        (bytes, relocs)
+    }
+
+    /// The comparable body of a function or data object.
+    pub fn body(&self, patched: bool, id: SymbolId) -> Body {
+        let side = self.side(patched);
+        let obj = side.obj;
+        let sym = obj.symbol(id);
+        let Some(sec) = sym.section else {
+            return Body {
+                bytes: Vec::new(),
+                relocs: Vec::new(),
+                entries: Vec::new(),
+                lines: Vec::new(),
+            };
+        };
+        let section = obj.section(sec);
+        let end = if sym.size == 0 && sym.kind == SymKind::Func {
+            section.size
+        } else {
+            sym.value.saturating_add(sym.size)
+        };
+        let (mut bytes, relocs) = self.raw(patched, section, sym.value, end, 0);
+        let mut lines = Vec::new();
+        if let Some((item, field)) = self.line_mask_of(obj, id) {
+            mask_field(&mut bytes, self.layout, item, field, &mut lines);
+        }
+        if section.is_nobits() {
+            bytes = sym.size.to_le_bytes().to_vec();
+        }
+        let mut entries = Vec::new();
+        for &(ti, ei) in side.entries_of.get(&id).into_iter().flatten() {
+            let t = &side.tables[ti];
+            let e = &t.entries[ei];
+            let ts = obj.section(t.id);
+            let (mut eb, er) = self.raw(patched, ts, e.offset, e.offset + e.size, 0);
+            if let Some(Role::Table(table)) = special::role(ts) {
+                if let Some((item, field)) = table.line_field {
+                    mask_field(&mut eb, self.layout, item, field, &mut lines);
+                }
+            }
+            let replacement = e.replacement.map(|(rs, lo, hi)| {
+                let rsec = obj.section(rs);
+                self.raw(patched, rsec, lo, hi, 1)
+            });
+            entries.push(NormEntry {
+                table: t.section.clone(),
+                site: e.site,
+                bytes: eb,
+                relocs: er,
+                replacement,
+            });
+        }
+        entries.sort_by(|a, b| (&a.table, a.site).cmp(&(&b.table, b.site)));
+        Body {
+            bytes,
+            relocs,
+            entries,
+            lines,
+        }
+    }
+
+    /// Data records that hold a `__LINE__` of their own.
+    fn line_mask_of(&self, obj: &Object, id: SymbolId) -> Option<(&'static str, &'static str)> {
+        let s = obj.symbol(id);
+        let sec = obj.section(s.section?);
+        if sec.name == "__dyndbg" {
+            return Some(("ddebug", "lineno"));
+        }
+        if crate::names::family(&s.name).base == "_entry" {
+            return Some(("pi_entry", "line"));
+        }
+        None
+    }
+
+    /// The first difference between an original symbol and its twin.
+    pub fn compare(&self, o: SymbolId, p: SymbolId) -> Option<Difference> {
+        let a = self.body(false, o);
+        let b = self.body(true, p);
+        first_difference(
+            &a,
+            &b,
+            self.orig.obj.symbol(o).size,
+            self.patched.obj.symbol(p).size,
+        )
+    }
+}
+
+/// Zeroes the line field of `bytes` (an entry or record) and records its value.
+fn mask_field(bytes: &mut [u8], layout: &Layout, item: &str, field: &str, lines: &mut Vec<u64>) {
+    let Some(mask) = layout.item(item).and_then(|i| i.masks.get(field)) else {
+        return;
     };
-    let byte_diff = ob
-        .iter()
-        .zip(pb.iter())
-        .enumerate()
-        .find(|&(i, (a, b))| a != b && !masked(i as u64))
-        .map(|(i, _)| i as u64);
-    let reloc_diff = orl
-        .iter()
-        .zip(prl.iter())
-        .find(|(a, b)| a != b)
-        .map(|(a, b)| a.offset.min(b.offset))
-        .or_else(|| {
-            (orl.len() != prl.len()).then(|| {
-                let n = orl.len().min(prl.len());
-                orl.get(n).or(prl.get(n)).map_or(0, |r| r.offset)
-            })
+    if mask.len() != bytes.len() {
+        return;
+    }
+    let mut value = 0u64;
+    let mut shift = 0u32;
+    for (b, m) in bytes.iter_mut().zip(mask) {
+        for bit in 0..8 {
+            if m & (1 << bit) != 0 {
+                if shift < 64 && *b & (1 << bit) != 0 {
+                    value |= 1 << shift;
+                }
+                shift += 1;
+            }
+        }
+        *b &= !m;
+    }
+    lines.push(value);
+}
+
+pub fn first_difference(a: &Body, b: &Body, asz: u64, bsz: u64) -> Option<Difference> {
+    let mut found: Vec<Difference> = Vec::new();
+    if let Some((x, y)) = a.relocs.iter().zip(&b.relocs).find(|(x, y)| x != y) {
+        found.push(Difference::Reloc(
+            x.offset.min(y.offset),
+            format!(
+                "{} vs {}",
+                describe(&x.key, x.addend),
+                describe(&y.key, y.addend)
+            ),
+        ));
+    } else if a.relocs.len() != b.relocs.len() {
+        let n = a.relocs.len().min(b.relocs.len());
+        let r = a.relocs.get(n).or(b.relocs.get(n));
+        found.push(Difference::Reloc(
+            r.map_or(0, |r| r.offset),
+            "a relocation only one build has".into(),
+        ));
+    }
+    if let Some(i) = a.bytes.iter().zip(&b.bytes).position(|(x, y)| x != y) {
+        found.push(Difference::Bytes(i as u64));
+    }
+    if asz != bsz || a.bytes.len() != b.bytes.len() {
+        found.push(Difference::Size(asz, bsz));
+    }
+    let first = found.into_iter().min_by_key(|d| d.offset());
+    if first.is_some() {
+        return first;
+    }
+    if a.entries != b.entries {
+        let (x, y) = (&a.entries, &b.entries);
+        let at = x
+            .iter()
+            .zip(y)
+            .find(|(p, q)| p != q)
+            .map(|(p, _)| p)
+            .or_else(|| x.get(y.len()).or(y.get(x.len())))
+            .or(x.first())
+            .or(y.first());
+        return Some(match at {
+            Some(e) => Difference::Entry(e.table.clone(), e.site),
+            None => Difference::Entry(String::new(), 0),
         });
-    let size_diff = (osz != psz || ob.len() != pb.len()).then(|| ob.len().min(pb.len()) as u64);
-    [byte_diff, reloc_diff, size_diff]
-        .into_iter()
-        .flatten()
-        .min()
+    }
+    None
 }
 
-pub fn verdict(orig: &Object, patched: &Object, twins: &Twins, p: SymbolId) -> Change {
-    let sym = patched.symbol(p);
-    let section_id = sym.section.expect("defined symbol");
-    let twin = twins.orig_of(p);
-    let verdict = match twin {
-        None => Verdict::New,
-        Some(o) => match first_difference(orig, o, patched, p) {
-            None => Verdict::Same,
-            Some(offset) => Verdict::Changed { offset },
-        },
+fn describe(k: &RefKey, addend: i64) -> String {
+    let plus = |s: String| {
+        if addend == 0 {
+            s
+        } else {
+            format!("{s}{addend:+}")
+        }
     };
-    Change {
-        name: sym.name.clone(),
-        section: patched.section(section_id).name.clone(),
-        verdict,
-        symbol: p,
-        section_id,
-        twin,
+    match k {
+        RefKey::Symbol(s) => plus(s.clone()),
+        RefKey::Str(s) => format!("\"{}\"", String::from_utf8_lossy(s).escape_default()),
+        RefKey::Piece(b, _) => plus(format!("a {}-byte piece", b.len())),
+        RefKey::Section(s) => plus(s.clone()),
     }
 }

@@ -1,29 +1,56 @@
 //! The differ: pairs the symbols of an original and a patched object
 //! ("twins"), decides for each function and data object whether it is the
-//! same, changed or new, and refuses what a live patch cannot carry.
+//! same, changed or new, explains why, and refuses what a live patch cannot
+//! carry.
 //!
-//! Passes, in order: [`correlate`] (twins by name) → [`compare`] (code and
-//! data equality, relocation-aware) → [`rules`] (refusals).
+//! Passes, in order: [`correlate`] (twins: by name, by normalized name, by
+//! users) → [`compare`] (code, data and the table entries describing code,
+//! relocation-aware, modulo `__LINE__` fields) → promotion (code that reads
+//! a changed constant, and cold parts, change with it) → [`rules`]
+//! (refusals). The kernel's entry layouts come from [`layout`]; the section
+//! roles from [`special`]. See `docs/differ.md`.
 
+pub mod code;
 pub mod compare;
 pub mod correlate;
+pub mod crc;
+pub mod layout;
+pub mod names;
 pub mod rules;
+pub mod special;
 
-use graft_elf::{Object, SectionId, SymbolId};
+use std::collections::{BTreeSet, HashMap};
+
+use graft_elf::{Object, SectionId, SymKind, SymbolId};
 use serde::Serialize;
 
-pub use rules::Refusal;
+pub use correlate::Strategy;
+pub use crc::Crcs;
+pub use layout::Layout;
+pub use names::Hidden;
+pub use rules::{Refusal, Rule};
+
+use compare::{Ctx, Difference, Side};
 
 /// What happened to one function or data object between the two builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
     Same,
-    /// Differs; `offset` is the first differing byte or relocation, from the symbol's start.
+    /// Differs; `offset` is the first differing byte, relocation or
+    /// described site, from the symbol's start.
     Changed {
         offset: u64,
     },
     New,
+}
+
+/// The first differing instruction of a changed function, disassembled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InsnDiff {
+    pub offset: u64,
+    pub orig: String,
+    pub patched: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -32,21 +59,44 @@ pub struct Change {
     pub section: String,
     #[serde(flatten)]
     pub verdict: Verdict,
+    /// The twin's name in the original build (and so in the running kernel).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orig_name: Option<String>,
+    /// How the twin was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paired_by: Option<Strategy>,
+    /// Why it changed, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For a same symbol whose line fields differ: which lines moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_insn: Option<InsnDiff>,
     #[serde(skip)]
     pub symbol: SymbolId,
     #[serde(skip)]
     pub section_id: SectionId,
     #[serde(skip)]
     pub twin: Option<SymbolId>,
+    #[serde(skip)]
+    pub hidden: Option<Hidden>,
 }
 
 /// The differ's result for one object pair.
 #[derive(Debug, Clone, Serialize)]
 pub struct ObjectDiff {
+    pub object: String,
     pub functions: Vec<Change>,
     pub data: Vec<Change>,
-    /// Functions of the original that the patched object no longer defines.
+    /// Functions and data of the original that the patched object no longer has.
     pub removed: Vec<String>,
+    /// The patched object's tables about code, cut into entries.
+    pub tables: Vec<special::TableEntries>,
+    pub refusals: Vec<Refusal>,
+    /// The entry layouts the diff was made with (for rebuilding tables).
+    #[serde(skip)]
+    pub layout: Layout,
 }
 
 impl ObjectDiff {
@@ -61,6 +111,24 @@ impl ObjectDiff {
             .filter(|c| matches!(c.verdict, Verdict::Changed { .. }))
     }
 
+    /// Data the module carries a copy of: new data, changed constants, and
+    /// read-only hidden data (the `Const` and `Registry` kinds of [`Hidden`]).
+    pub fn carried_data(&self) -> impl Iterator<Item = &Change> {
+        self.data.iter().filter(|c| {
+            c.verdict != Verdict::Same || matches!(c.hidden, Some(Hidden::Const | Hidden::Registry))
+        })
+    }
+
+    /// The name the running kernel knows a patched symbol by, when the
+    /// symbol has a twin (renumbered clones and statics keep the original's).
+    pub fn kernel_name(&self, patched: SymbolId) -> Option<&str> {
+        self.functions
+            .iter()
+            .chain(&self.data)
+            .find(|c| c.symbol == patched)
+            .and_then(|c| c.orig_name.as_deref())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.included_functions().next().is_none()
             && self.data.iter().all(|c| c.verdict == Verdict::Same)
@@ -73,32 +141,256 @@ pub enum DiffError {
     Refused { refusals: Vec<Refusal> },
 }
 
-/// Diffs `orig` against `patched` (the same translation unit, built with
-/// `-ffunction-sections -fdata-sections` before and after the source patch).
+/// What the differ may know beyond the two objects.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// The kernel's entry layouts; without it, tables about changed code are refused.
+    pub layout: Option<&'a Layout>,
+    /// Export CRCs of both builds (kbuild's `#SYMVER` records).
+    pub crcs: Crcs,
+    /// The target kernel's CRC of an export (`Module.symvers`).
+    pub target_crc: Option<&'a dyn Fn(&str) -> Option<u32>>,
+    /// The klp object when the patched file belongs to a module, not vmlinux.
+    pub module: Option<String>,
+    /// Whether vmlinux defines a symbol (for keys referenced by module code).
+    pub vmlinux_has: Option<&'a dyn Fn(&str) -> bool>,
+}
+
+/// Diffs `orig` against `patched`; refusals are an error.
 pub fn diff(orig: &Object, patched: &Object) -> Result<ObjectDiff, DiffError> {
-    let twins = correlate::Twins::new(orig, patched);
+    diff_with(orig, patched, &Options::default())
+}
+
+/// Diffs with `opts`; refusals are an error.
+pub fn diff_with(
+    orig: &Object,
+    patched: &Object,
+    opts: &Options<'_>,
+) -> Result<ObjectDiff, DiffError> {
+    let d = analyze(orig, patched, opts);
+    if d.refusals.is_empty() {
+        Ok(d)
+    } else {
+        Err(DiffError::Refused {
+            refusals: d.refusals,
+        })
+    }
+}
+
+/// The whole analysis, refusals included in the result (for `graft diff`).
+pub fn analyze(orig: &Object, patched: &Object, opts: &Options<'_>) -> ObjectDiff {
+    let empty = Layout::default();
+    let layout = opts.layout.unwrap_or(&empty);
+    let o_side = Side::new(orig, layout, false);
+    let p_side = Side::new(patched, layout, true);
+    let twins = correlate::correlate(orig, patched, &o_side.code, &p_side.code);
+    let ctx = Ctx {
+        orig: o_side,
+        patched: p_side,
+        twins,
+        layout,
+    };
+    let object = patched
+        .path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let mut out = ObjectDiff {
+        object,
         functions: Vec::new(),
         data: Vec::new(),
         removed: Vec::new(),
+        tables: ctx.patched.tables.clone(),
+        refusals: Vec::new(),
+        layout: layout.clone(),
     };
-    for sym in patched.functions() {
-        out.functions
-            .push(compare::verdict(orig, patched, &twins, sym.id));
+    for id in correlate::pairable(patched) {
+        let s = patched.symbol(id);
+        let change = verdict(&ctx, id);
+        if s.kind == SymKind::Func {
+            out.functions.push(change);
+        } else {
+            out.data.push(change);
+        }
     }
-    for sym in patched.data_objects() {
-        out.data
-            .push(compare::verdict(orig, patched, &twins, sym.id));
-    }
-    out.removed = orig
-        .functions()
-        .filter(|s| twins.patched_of(s.id).is_none())
-        .map(|s| s.name.clone())
+    let paired: BTreeSet<SymbolId> = correlate::pairable(orig)
+        .into_iter()
+        .filter(|o| ctx.twins.patched_of(*o).is_some())
         .collect();
-    let refusals = rules::check(patched, &out);
-    if refusals.is_empty() {
-        Ok(out)
-    } else {
-        Err(DiffError::Refused { refusals })
+    out.removed = correlate::pairable(orig)
+        .into_iter()
+        .filter(|o| !paired.contains(o))
+        .map(|o| orig.symbol(o).name.clone())
+        .collect();
+    promote(&ctx, &mut out);
+    out.refusals = rules::check(&ctx, &out, opts);
+    out
+}
+
+fn verdict(ctx: &Ctx<'_>, p: SymbolId) -> Change {
+    let patched = ctx.patched.obj;
+    let sym = patched.symbol(p);
+    let section_id = sym.section.unwrap_or(SectionId(0));
+    let section = patched.section(section_id);
+    let twin = ctx.twins.orig_of(p);
+    let mut change = Change {
+        name: sym.name.clone(),
+        section: section.name.clone(),
+        verdict: Verdict::New,
+        orig_name: twin.map(|o| ctx.orig.obj.symbol(o).name.clone()),
+        paired_by: ctx.twins.strategy(p),
+        reason: None,
+        note: None,
+        first_insn: None,
+        symbol: p,
+        section_id,
+        twin,
+        hidden: if sym.kind == SymKind::Object {
+            names::hidden(&sym.name, &section.name, section.flags & 1 != 0)
+        } else {
+            None
+        },
+    };
+    let Some(o) = twin else {
+        return change;
+    };
+    match ctx.compare(o, p) {
+        None => {
+            change.verdict = Verdict::Same;
+            let a = ctx.body(false, o);
+            let b = ctx.body(true, p);
+            if a.lines != b.lines {
+                let moved: Vec<String> = a
+                    .lines
+                    .iter()
+                    .zip(&b.lines)
+                    .filter(|(x, y)| x != y)
+                    .map(|(x, y)| format!("{x}→{y}"))
+                    .collect();
+                change.note = Some(format!(
+                    "only __LINE__ differs (line {}), which is no change",
+                    moved.join(", ")
+                ));
+            }
+        }
+        Some(d) => {
+            change.verdict = Verdict::Changed { offset: d.offset() };
+            change.reason = Some(match &d {
+                Difference::Bytes(o) => format!("code or data bytes differ at +{o:#x}"),
+                Difference::Reloc(o, what) => format!("the reference at +{o:#x} differs: {what}"),
+                Difference::Size(a, b) => format!("size changed from {a} to {b} bytes"),
+                Difference::Entry(t, site) => {
+                    format!("its {t} entry for the site at +{site:#x} differs")
+                }
+            });
+            if sym.kind == SymKind::Func
+                && matches!(d, Difference::Bytes(_) | Difference::Reloc(..))
+            {
+                change.first_insn = first_insn(ctx, o, p, d.offset());
+            }
+        }
+    }
+    change
+}
+
+/// The instructions of both builds at the first difference.
+fn first_insn(ctx: &Ctx<'_>, o: SymbolId, p: SymbolId, offset: u64) -> Option<InsnDiff> {
+    let side = |side: &Side<'_>, id: SymbolId| -> Option<(u64, String)> {
+        let s = side.obj.symbol(id);
+        let sec = s.section?;
+        let at = s.value.checked_add(offset)?;
+        let (start, _) = side.code.insn_at(sec, at)?;
+        let text = code::disassemble_at(&side.obj.section(sec).data, start)?;
+        Some((start - s.value, text))
+    };
+    let (po, pt) = side(&ctx.patched, p)?;
+    let ot = side(&ctx.orig, o).map_or_else(|| "(past the end)".to_owned(), |x| x.1);
+    Some(InsnDiff {
+        offset: po,
+        orig: ot,
+        patched: pt,
+    })
+}
+
+/// Changes that follow from others: code reading a changed constant is
+/// changed (it would read the old value otherwise), a cold part and its
+/// parent are carried together.
+fn promote(ctx: &Ctx<'_>, out: &mut ObjectDiff) {
+    let patched = ctx.patched.obj;
+    let refs = correlate::references(patched, &ctx.patched.code);
+    let mut users: HashMap<SymbolId, Vec<SymbolId>> = HashMap::new();
+    for (u, ts) in &refs {
+        for t in ts {
+            users.entry(*t).or_default().push(*u);
+        }
+    }
+    for v in users.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    let writable = |id: SymbolId| {
+        patched
+            .symbol(id)
+            .section
+            .is_some_and(|s| patched.section(s).flags & 1 != 0)
+    };
+    let mut work: Vec<SymbolId> = out
+        .data
+        .iter()
+        .filter(|c| matches!(c.verdict, Verdict::Changed { .. }) && !writable(c.symbol))
+        .map(|c| c.symbol)
+        .collect();
+    let mut seen: BTreeSet<SymbolId> = work.iter().copied().collect();
+    while let Some(k) = work.pop() {
+        let kname = patched.symbol(k).name.clone();
+        for &u in users.get(&k).into_iter().flatten() {
+            let c = match out
+                .functions
+                .iter_mut()
+                .chain(out.data.iter_mut())
+                .find(|c| c.symbol == u)
+            {
+                Some(c) => c,
+                None => continue,
+            };
+            if c.verdict == Verdict::Same {
+                c.verdict = Verdict::Changed { offset: 0 };
+                c.reason = Some(format!("it reads the changed constant {kname}"));
+                if patched.symbol(u).kind == SymKind::Object && !writable(u) && seen.insert(u) {
+                    work.push(u);
+                }
+            }
+        }
+    }
+    // Cold parts travel with their parents, both ways.
+    loop {
+        let mut changed = false;
+        let included: BTreeSet<String> = out
+            .functions
+            .iter()
+            .filter(|c| c.verdict != Verdict::Same)
+            .map(|c| c.name.clone())
+            .collect();
+        for c in out.functions.iter_mut() {
+            if c.verdict != Verdict::Same {
+                continue;
+            }
+            if let Some(parent) = names::parent_of_part(&c.name) {
+                if included.contains(parent) {
+                    c.verdict = Verdict::Changed { offset: 0 };
+                    c.reason = Some(format!("it is a part of {parent}, which the patch carries"));
+                    changed = true;
+                }
+            } else if included
+                .iter()
+                .any(|n| names::parent_of_part(n) == Some(c.name.as_str()))
+            {
+                c.verdict = Verdict::Changed { offset: 0 };
+                c.reason = Some("its cold part changed".into());
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
     }
 }

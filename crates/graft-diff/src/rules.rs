@@ -1,13 +1,17 @@
 //! What a live patch cannot carry. Each refusal names the object, the
 //! symbol and the rule, and says what to do instead.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
-use graft_elf::{Object, SymKind};
+use graft_elf::SymbolId;
 use serde::Serialize;
 
-use crate::correlate::has_numbered_suffix;
-use crate::{ObjectDiff, Verdict};
+use crate::code::Target;
+use crate::compare::Ctx;
+use crate::names::Hidden;
+use crate::special::{self, Role, TableError};
+use crate::{ObjectDiff, Options, Verdict};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Refusal {
@@ -17,16 +21,39 @@ pub struct Refusal {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(tag = "rule", rename_all = "snake_case")]
 pub enum Rule {
-    /// A changed function in `.init.text`/`.exit.text`.
+    /// A changed or new function (or data) in `.init.*`/`.exit.*`.
     InitCode { section: String },
     /// A changed function that ftrace cannot redirect.
     NoFentry,
-    /// A changed initial value or size of existing data.
-    DataChanged { section: String },
-    /// A numbered local (static local variable or clone) without a twin.
-    UnpairedLocal,
+    /// A changed initial value or size of existing writable data.
+    DataChanged {
+        section: String,
+        old_size: u64,
+        new_size: u64,
+    },
+    /// A changed constant that writable data points to.
+    ConstantInData { constant: String },
+    /// Changed code using once/ratelimit/lockdep state the running kernel keeps.
+    HiddenState { state: String },
+    /// A numbered local graft cannot pair with certainty.
+    Ambiguous {
+        candidates: Vec<String>,
+        why: String,
+    },
+    /// An export's CRC differs from what the running kernel's modules use.
+    ExportCrc {
+        expected: u32,
+        found: u32,
+        against: String,
+    },
+    /// A jump label or static call whose key lives in a module.
+    KeyInModule { table: String, key: String },
+    /// A section graft does not understand that describes patched code.
+    UnknownSection { section: String },
+    /// A table about patched code that graft cannot cut into entries.
+    UnreadableTable { section: String, why: String },
 }
 
 impl fmt::Display for Refusal {
@@ -35,39 +62,78 @@ impl fmt::Display for Refusal {
         match &self.rule {
             Rule::InitCode { section } => write!(
                 f,
-                "{o}: {s} (in {section}) changed: __init/__exit code has run and been freed, it cannot be live patched; hint: patch the code that runs after boot, or make the change take effect in a post-patch callback"
+                "{o}: {s} (in {section}) changed [rule: init-code]: __init/__exit code has run and been freed, it cannot be live patched; hint: patch the code that runs after boot, or make the change take effect in a post-patch callback"
             ),
             Rule::NoFentry => write!(
                 f,
-                "{o}: {s} changed but has no __fentry__ call (notrace, or not built with -mfentry), so livepatch cannot redirect it; hint: patch its callers instead"
+                "{o}: {s} changed but has no __fentry__ call [rule: no-fentry] (notrace, noinstr, or not built with -mfentry), so livepatch cannot redirect it; hint: patch its callers instead"
             ),
-            Rule::DataChanged { section } => write!(
+            Rule::DataChanged { section, old_size, new_size } => {
+                let size = if old_size != new_size {
+                    format!(" (its size went from {old_size} to {new_size} bytes: a field added to its type?)")
+                } else {
+                    String::new()
+                };
+                write!(
+                    f,
+                    "{o}: the initial value or layout of {s} (in {section}) changed{size} [rule: data-changed]: running code already uses the old data, which a live patch cannot rewrite; hint: keep the data and its type as they are and attach new state with a shadow variable (klp_shadow_alloc/klp_shadow_get, Documentation/livepatch/shadow-vars.rst), or convert it in a post-patch callback"
+                )
+            }
+            Rule::ConstantInData { constant } => write!(
                 f,
-                "{o}: the initial value or size of {s} (in {section}) changed: running code already uses the old data, which a live patch cannot rewrite; hint: keep the data as it is and attach new state with a shadow variable, or convert it in a post-patch callback"
+                "{o}: the constant {constant} changed, and the data {s} points to it [rule: constant-in-data]: the running kernel's {s} keeps pointing to the old constant; hint: change the code that reads it instead, or update {s} in a post-patch callback"
             ),
-            Rule::UnpairedLocal => write!(
+            Rule::HiddenState { state } => write!(
                 f,
-                "{o}: cannot pair the numbered local {s} with the original build (graft does not yet correlate renumbered static locals or compiler clones); hint: keep the patch from renumbering static locals (do not add or remove static variables in this file)"
+                "{o}: {s} changed and uses {state}, hidden state of a pr_*_once/printk_once/WARN_ONCE/printk_ratelimited/lockdep macro [rule: hidden-state]: the patched code must share the running kernel's copy, whose name repeats throughout the kernel, so livepatch cannot name it; hint: if printing the message once more after patching is acceptable, give the new code a flag of its own: replace the macro in the changed function with `static bool done; if (!done) {{ done = true; pr_warn(...); }}`, or move the macro into a helper the patch does not change"
+            ),
+            Rule::Ambiguous { candidates, why } => write!(
+                f,
+                "{o}: cannot pair {s} with the original build [rule: ambiguous-local]: it could be {} ({why}); hint: avoid adding or removing static variables or clones of the same name in this file, or give the new one another name",
+                candidates.join(" or ")
+            ),
+            Rule::ExportCrc { expected, found, against } => write!(
+                f,
+                "{o}: the exported symbol {s} changed its CRC from {expected:#010x} ({against}) to {found:#010x} [rule: export-crc]: its type changed, and modules built against the running kernel use the old one; hint: keep the exported function's signature and the types it uses, and add a new function for the new interface"
+            ),
+            Rule::KeyInModule { table, key } => write!(
+                f,
+                "{o}: {s} uses {key} from {table} [rule: key-in-module]: the key lives in a module, whose klp relocations are applied after jump labels and static calls are set up; hint: use static_key_enabled() or a plain call instead in the patched code"
+            ),
+            Rule::UnknownSection { section } => write!(
+                f,
+                "{o}: {s} is described by {section}, a section graft does not understand [rule: unknown-section]; the module would miss those entries, so it is refused"
+            ),
+            Rule::UnreadableTable { section, why } => write!(
+                f,
+                "{o}: {s} is described by {section}, which graft cannot read [rule: unreadable-table]: {why}"
             ),
         }
     }
 }
 
-pub fn check(patched: &Object, diff: &ObjectDiff) -> Vec<Refusal> {
-    let object = patched
-        .path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+pub fn is_init_section(name: &str) -> bool {
+    name.starts_with(".init.") || name.starts_with(".exit.")
+}
+
+/// A piece split off a function by the compiler (`foo.cold`): carried along
+/// with its parent, never patched on its own.
+pub fn is_part(name: &str) -> bool {
+    crate::names::parent_of_part(name).is_some()
+}
+
+pub fn check(ctx: &Ctx<'_>, diff: &ObjectDiff, opts: &Options<'_>) -> Vec<Refusal> {
+    let patched = ctx.patched.obj;
     let mut out = Vec::new();
     let refuse = |symbol: &str, rule: Rule| Refusal {
-        object: object.clone(),
+        object: diff.object.clone(),
         symbol: symbol.to_owned(),
         rule,
     };
-    for c in &diff.functions {
-        if c.verdict == Verdict::Same {
-            continue;
-        }
+    let included: BTreeSet<SymbolId> = diff.included_functions().map(|c| c.symbol).collect();
+    let included_sections: BTreeSet<_> = diff.included_functions().map(|c| c.section_id).collect();
+
+    for c in diff.included_functions() {
         if is_init_section(&c.section) {
             out.push(refuse(
                 &c.name,
@@ -79,53 +145,215 @@ pub fn check(patched: &Object, diff: &ObjectDiff) -> Vec<Refusal> {
         }
         if matches!(c.verdict, Verdict::Changed { .. })
             && !is_part(&c.name)
-            && !has_fentry(patched, c)
+            && !has_fentry(ctx, c.symbol)
         {
             out.push(refuse(&c.name, Rule::NoFentry));
         }
-        if c.verdict == Verdict::New && has_numbered_suffix(&c.name) && !is_part(&c.name) {
-            out.push(refuse(&c.name, Rule::UnpairedLocal));
-        }
     }
+
     for c in &diff.data {
-        let sym = patched.symbol(c.symbol);
-        match c.verdict {
-            Verdict::Changed { .. } if is_init_section(&c.section) => out.push(refuse(
+        let Verdict::Changed { .. } = c.verdict else {
+            continue;
+        };
+        if is_init_section(&c.section) {
+            out.push(refuse(
                 &c.name,
                 Rule::InitCode {
                     section: c.section.clone(),
                 },
-            )),
-            Verdict::Changed { .. } => out.push(refuse(
+            ));
+            continue;
+        }
+        let sec = patched.section(c.section_id);
+        let writable = sec.flags & 1 != 0;
+        if c.hidden == Some(Hidden::Registry) {
+            // Dynamic debug descriptors are carried fresh with the code.
+            continue;
+        }
+        if writable {
+            let old_size = c.twin.map_or(0, |o| ctx.orig.obj.symbol(o).size);
+            out.push(refuse(
                 &c.name,
                 Rule::DataChanged {
                     section: c.section.clone(),
+                    old_size,
+                    new_size: patched.symbol(c.symbol).size,
                 },
-            )),
-            Verdict::New if sym.kind == SymKind::Object && has_numbered_suffix(&c.name) => {
-                out.push(refuse(&c.name, Rule::UnpairedLocal))
-            }
-            _ => {}
+            ));
         }
     }
+    // A changed constant pointed to by writable data that did not change.
+    let refs = crate::correlate::references(patched, &ctx.patched.code);
+    for c in diff
+        .data
+        .iter()
+        .filter(|c| c.verdict == Verdict::Same || c.reason.is_some())
+    {
+        let s = patched.symbol(c.symbol);
+        let writable = s
+            .section
+            .is_some_and(|sec| patched.section(sec).flags & 1 != 0);
+        if !writable {
+            continue;
+        }
+        for t in refs.get(&c.symbol).into_iter().flatten() {
+            if let Some(k) = diff.data.iter().find(|d| d.symbol == *t) {
+                if matches!(k.verdict, Verdict::Changed { .. }) && k.hidden.is_none() {
+                    let ks = patched.symbol(k.symbol);
+                    let kw = ks
+                        .section
+                        .is_some_and(|sec| patched.section(sec).flags & 1 != 0);
+                    if !kw {
+                        out.push(refuse(
+                            &c.name,
+                            Rule::ConstantInData {
+                                constant: k.name.clone(),
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    // Hidden state of the running kernel used by patched code.
+    for c in diff.included_functions() {
+        for t in refs.get(&c.symbol).into_iter().flatten() {
+            if let Some(d) = diff.data.iter().find(|d| d.symbol == *t) {
+                if d.hidden == Some(Hidden::State) && d.twin.is_some() {
+                    out.push(refuse(
+                        &c.name,
+                        Rule::HiddenState {
+                            state: d.name.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    for (p, os, why) in &ctx.twins.ambiguous {
+        out.push(refuse(
+            &patched.symbol(*p).name,
+            Rule::Ambiguous {
+                candidates: os
+                    .iter()
+                    .map(|o| ctx.orig.obj.symbol(*o).name.clone())
+                    .collect(),
+                why: why.clone(),
+            },
+        ));
+    }
+
+    for (name, &found) in &opts.crcs.patched {
+        let (expected, against) = match opts.target_crc.and_then(|f| f(name)) {
+            Some(c) => (Some(c), "the running kernel's Module.symvers"),
+            None => (opts.crcs.orig.get(name).copied(), "the original build"),
+        };
+        if let Some(expected) = expected.filter(|e| *e != found) {
+            out.push(refuse(
+                name,
+                Rule::ExportCrc {
+                    expected,
+                    found,
+                    against: against.into(),
+                },
+            ));
+        }
+    }
+
+    // Keys of jump labels and static calls in patched code, for module targets.
+    if opts.module.is_some() {
+        for t in &ctx.patched.tables {
+            let ts = patched.section(t.id);
+            let Some(Role::Table(table)) = special::role(ts) else {
+                continue;
+            };
+            if !table.keyed {
+                continue;
+            }
+            for e in t
+                .entries
+                .iter()
+                .filter(|e| e.owner.is_some_and(|o| included.contains(&o)))
+            {
+                for r in ts.relocs_in(e.offset, e.offset + e.size).iter().skip(1) {
+                    let key = match ctx.patched.code.target(patched, ts, r) {
+                        Target::Undefined(name, _) => {
+                            if opts.vmlinux_has.is_some_and(|f| f(&name)) {
+                                continue;
+                            }
+                            name
+                        }
+                        Target::Place(sec, off, _) => {
+                            if patched.section(sec).is_exec() {
+                                continue;
+                            }
+                            crate::correlate::symbol_at(patched, sec, off).map_or_else(
+                                || patched.section(sec).name.clone(),
+                                |k| patched.symbol(k).name.clone(),
+                            )
+                        }
+                    };
+                    let owner = e
+                        .owner
+                        .map_or_else(String::new, |o| patched.symbol(o).name.clone());
+                    out.push(refuse(
+                        &owner,
+                        Rule::KeyInModule {
+                            table: t.section.clone(),
+                            key,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    // Sections that describe patched code but cannot be rebuilt.
+    for s in &patched.sections {
+        let role = special::role(s);
+        let unreadable = ctx.patched.table_errors.iter().find(|(id, _)| *id == s.id);
+        if role.is_some() && unreadable.is_none() {
+            continue;
+        }
+        let mut hit: Option<String> = None;
+        for r in &s.relocs {
+            if let Some((sec, off)) = special::data_target(patched, r) {
+                if included_sections.contains(&sec) {
+                    hit = Some(special::function_at(patched, sec, off).map_or_else(
+                        || patched.section(sec).name.clone(),
+                        |f| patched.symbol(f).name.clone(),
+                    ));
+                    break;
+                }
+            }
+        }
+        let Some(function) = hit else { continue };
+        let rule = match unreadable {
+            Some((_, TableError::NoLayout { item })) => Rule::UnreadableTable {
+                section: s.name.clone(),
+                why: format!("the kernel's layout has no {item} (the option is off in this config, or no layout was given; hint: pass --tree)"),
+            },
+            Some((_, TableError::Malformed { what })) => Rule::UnreadableTable {
+                section: s.name.clone(),
+                why: what.clone(),
+            },
+            None => Rule::UnknownSection { section: s.name.clone() },
+        };
+        out.push(refuse(&function, rule));
+    }
+    out.dedup();
     out
 }
 
-pub fn is_init_section(name: &str) -> bool {
-    name.starts_with(".init.") || name.starts_with(".exit.")
-}
-
-/// A piece split off a function by the compiler (`foo.cold`): carried along
-/// with its parent, never patched on its own.
-pub fn is_part(name: &str) -> bool {
-    name.contains(".cold")
-}
-
 /// `-mfentry` puts `call __fentry__` first (after `endbr64` on IBT kernels).
-fn has_fentry(obj: &Object, c: &crate::Change) -> bool {
-    let sym = obj.symbol(c.symbol);
-    obj.section(c.section_id)
-        .relocs_in(sym.value, sym.value + 16)
+fn has_fentry(ctx: &Ctx<'_>, id: SymbolId) -> bool {
+    let obj = ctx.patched.obj;
+    let sym = obj.symbol(id);
+    let Some(sec) = sym.section else { return false };
+    obj.section(sec)
+        .relocs_in(sym.value, sym.value.saturating_add(16))
         .iter()
         .any(|r| obj.symbol(r.symbol).name == "__fentry__")
 }

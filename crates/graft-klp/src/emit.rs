@@ -10,7 +10,7 @@ use object::build::elf::{
 use object::elf;
 use object::Endianness;
 
-use graft_elf::{RelocTarget, SectionId, SymKind, SymbolId};
+use graft_elf::{SectionId, SymKind, SymbolId};
 
 use crate::include::{Plan, Target};
 use crate::special::Filtered;
@@ -86,16 +86,11 @@ pub fn write(plan: &Plan<'_>, specials: &[Filtered]) -> Result<Vec<u8>, KlpError
         let s = obj.section(id);
         let mut out = Vec::with_capacity(s.relocs.len());
         for r in &s.relocs {
-            let (symbol, addend) = match &plan.targets[&(id, r.offset)] {
-                Target::Symbol(sym, addend) => (out_sym[sym], *addend),
-                Target::Section(sec, addend) => (sec_sym[sec], *addend),
-                Target::External(name, addend) => {
-                    let sym = *externals
-                        .entry(name.clone())
-                        .or_insert_with(|| add_undefined(&mut b, name));
-                    (sym, *addend)
-                }
+            // Relocations without a target lie in pieces nothing carried uses.
+            let Some(target) = plan.targets.get(&(id, r.offset)) else {
+                continue;
             };
+            let (symbol, addend) = resolve(&mut b, target, &out_sym, &sec_sym, &mut externals);
             out.push(Relocation {
                 r_offset: r.offset,
                 symbol: Some(symbol),
@@ -114,11 +109,13 @@ pub fn write(plan: &Plan<'_>, specials: &[Filtered]) -> Result<Vec<u8>, KlpError
         let o = add_section(&mut b, s, SectionData::Data(f.data.clone().into()));
         let mut out = Vec::with_capacity(f.relocs.len());
         for &(offset, orig) in &f.relocs {
-            let r = s.relocs_in(orig, orig + 1)[0];
-            let (symbol, addend) = match obj.reloc_target(&r) {
-                RelocTarget::SectionOffset(sec, _) => (sec_sym[&sec], r.addend),
-                RelocTarget::Symbol(sym) => (out_sym[&sym], r.addend),
+            let Some(&r) = s.relocs_in(orig, orig + 1).first() else {
+                continue;
             };
+            let Some(target) = plan.targets.get(&(f.source, orig)) else {
+                continue;
+            };
+            let (symbol, addend) = resolve(&mut b, target, &out_sym, &sec_sym, &mut externals);
             out.push(Relocation {
                 r_offset: offset,
                 symbol: Some(symbol),
@@ -151,6 +148,26 @@ pub fn write(plan: &Plan<'_>, specials: &[Filtered]) -> Result<Vec<u8>, KlpError
     b.write(&mut bytes)
         .map_err(|e| KlpError::Write(e.to_string()))?;
     Ok(bytes)
+}
+
+/// The output symbol and addend of a planned relocation target.
+fn resolve(
+    b: &mut Builder<'_>,
+    target: &Target,
+    out_sym: &HashMap<SymbolId, OutSymbol>,
+    sec_sym: &HashMap<SectionId, OutSymbol>,
+    externals: &mut HashMap<String, OutSymbol>,
+) -> (OutSymbol, i64) {
+    match target {
+        Target::Symbol(sym, addend) => (out_sym[sym], *addend),
+        Target::Section(sec, addend) => (sec_sym[sec], *addend),
+        Target::External(name, addend) => {
+            let sym = *externals
+                .entry(name.clone())
+                .or_insert_with(|| add_undefined(b, name));
+            (sym, *addend)
+        }
+    }
 }
 
 fn add_meta(

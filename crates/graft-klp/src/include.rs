@@ -2,14 +2,26 @@
 //! of their references goes: into the module itself, to an exported symbol
 //! the module links against, or to a kernel symbol found through a klp
 //! relocation.
+//!
+//! The closure starts from the changed and new functions and follows every
+//! relocation of what is carried, including the table entries that
+//! describe carried code (a bug entry's file name, a jump entry's key, an
+//! alternative's replacement). New data, changed constants and the
+//! identity-free hidden data (`__func__`, dynamic debug descriptors) are
+//! carried; everything else is the running kernel's, named by the name the
+//! kernel knows it by (a renumbered `foo.isra.1` is still `foo.isra.0`
+//! there).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use graft_diff::code::{CodeMap, Target as Ref};
 use graft_diff::compare::is_string_section;
+use graft_diff::special::{self, Role};
 use graft_diff::{ObjectDiff, Verdict};
-use graft_elf::{Object, Reloc, RelocTarget, SectionId, SymKind, SymbolId};
+use graft_elf::{Object, SectionId, SymKind, SymbolId};
 use graft_target::{Exports, SymbolTable, SymposError};
 
+use crate::special::Filtered;
 use crate::{KlpError, KlpFunc};
 
 /// What the target kernel offers a patch module.
@@ -36,7 +48,7 @@ impl Resolver<'_> {
 pub enum Target {
     /// A named symbol of a carried section.
     Symbol(SymbolId, i64),
-    /// An offset in a carried section (strings, jump tables, constants).
+    /// An offset in a carried section (strings, pieces, constants).
     Section(SectionId, i64),
     /// A symbol of the running kernel, by its final name in the module
     /// (plain for exports, `.klp.sym.*` otherwise).
@@ -48,11 +60,15 @@ pub struct Plan<'a> {
     pub patched: &'a Object,
     /// Patched sections carried into the module.
     pub sections: BTreeSet<SectionId>,
-    /// Resolved target of every relocation of the carried sections.
+    /// Resolved target of every relocation the module keeps, by (section,
+    /// offset) in the patched object; relocations of carried sections that
+    /// have none lie in pieces nothing carried uses, and are left out.
     pub targets: BTreeMap<(SectionId, u64), Target>,
     pub funcs: Vec<KlpFunc>,
     /// Global aliases that let the stub name each new function.
     pub aliases: Vec<(SymbolId, String)>,
+    /// The tables about carried code, cut down to their entries.
+    pub specials: Vec<Filtered>,
 }
 
 impl<'a> Plan<'a> {
@@ -78,78 +94,188 @@ pub fn plan<'a>(
         targets: BTreeMap::new(),
         funcs: Vec::new(),
         aliases: Vec::new(),
+        specials: Vec::new(),
     };
     let object = plan.object_name();
+    let code = CodeMap::new(patched);
+    let kernel_names: HashMap<SymbolId, &str> = diff
+        .functions
+        .iter()
+        .chain(&diff.data)
+        .filter_map(|c| c.orig_name.as_deref().map(|n| (c.symbol, n)))
+        .collect();
+    let carry_if_used: BTreeSet<SymbolId> = diff.carried_data().map(|c| c.symbol).collect();
+
     let mut work: Vec<SectionId> = Vec::new();
     for c in diff.included_functions() {
+        let shared = patched
+            .symbols_in(c.section_id)
+            .any(|s| s.kind == SymKind::Func && s.id != c.symbol);
+        if shared {
+            return Err(KlpError::Unsupported {
+                object,
+                what: format!(
+                    "{} shares {} with other functions, and graft carries whole sections; hint: this is a graft limitation for functions with an explicit section (__sched, noinstr…)",
+                    c.name, c.section
+                ),
+            });
+        }
         if plan.sections.insert(c.section_id) {
             work.push(c.section_id);
         }
-        // A split-off part (`foo.cold`) jumps back into its parent at fixed
-        // offsets: the new parent needs its own copy, never the old one.
-        for part in diff
-            .functions
-            .iter()
-            .filter(|p| is_part_of(&p.name, &c.name))
-        {
-            if plan.sections.insert(part.section_id) {
-                work.push(part.section_id);
+    }
+    let carried_funcs: BTreeSet<SymbolId> = diff.included_functions().map(|c| c.symbol).collect();
+
+    // Live ranges of piece sections: only their relocations are resolved.
+    let mut live: BTreeMap<SectionId, Vec<(u64, u64)>> = BTreeMap::new();
+    let piece_sections: BTreeSet<SectionId> = patched
+        .sections
+        .iter()
+        .filter(|s| is_piece_section(patched, s.id))
+        .map(|s| s.id)
+        .collect();
+    let starts: HashMap<SectionId, Vec<u64>> = piece_sections
+        .iter()
+        .map(|&s| (s, special::piece_starts(patched, &code, s)))
+        .collect();
+
+    // Kept table entries: (table index, entry index).
+    let mut kept: Vec<(usize, usize)> = Vec::new();
+    for (ti, t) in diff.tables.iter().enumerate() {
+        for (ei, e) in t.entries.iter().enumerate() {
+            if e.owner.is_some_and(|o| carried_funcs.contains(&o)) {
+                kept.push((ti, ei));
+                if let Some((rs, lo, hi)) = e.replacement {
+                    live.entry(rs).or_default().push((lo, hi));
+                }
             }
         }
     }
-    let new_data: BTreeSet<SymbolId> = diff
-        .data
-        .iter()
-        .filter(|c| c.verdict == Verdict::New)
-        .map(|c| c.symbol)
-        .collect();
-    while let Some(sec) = work.pop() {
-        let section = patched.section(sec);
-        for reloc in &section.relocs {
-            let user = function_at(patched, sec, reloc.offset);
-            let target = reduce(patched, reloc);
-            let resolved = match target {
-                Reduced::Defined(sym, addend) => {
-                    let s = patched.symbol(sym);
-                    let home = s.section.expect("defined");
-                    if plan.sections.contains(&home)
-                        || new_data.contains(&sym)
-                        || is_constant(patched, sym)
-                    {
-                        if plan.sections.insert(home) {
-                            work.push(home);
-                        }
-                        Target::Symbol(sym, addend)
-                    } else if matches!(s.kind, SymKind::Func | SymKind::Object) {
-                        Target::External(
-                            external_name(resolver, &object, &user, &s.name, s.is_global())?,
-                            addend,
-                        )
-                    } else {
-                        return Err(KlpError::Unsupported {
-                            object,
-                            what: format!(
-                                "{user} references {}, an untyped symbol in {}; graft cannot tell what it is",
-                                s.name,
-                                patched.section(home).name
-                            ),
-                        });
-                    }
-                }
-                Reduced::Anonymous(home, addend) => {
-                    if plan.sections.insert(home) {
-                        work.push(home);
-                    }
-                    Target::Section(home, addend)
-                }
-                Reduced::Undefined(name, addend) => Target::External(
-                    external_name(resolver, &object, &user, &name, true)?,
-                    addend,
-                ),
-            };
-            plan.targets.insert((sec, reloc.offset), resolved);
+
+    // Relocations to resolve: those of carried sections (limited to live
+    // pieces for piece sections) and those of kept entries.
+    let mut resolved_sections: BTreeSet<SectionId> = BTreeSet::new();
+    let mut entry_relocs: Vec<(SectionId, u64)> = Vec::new();
+    for &(ti, ei) in &kept {
+        let t = &diff.tables[ti];
+        let e = &t.entries[ei];
+        for r in patched.section(t.id).relocs_in(e.offset, e.offset + e.size) {
+            entry_relocs.push((t.id, r.offset));
         }
     }
+    let mut pending: Vec<(SectionId, u64)> = entry_relocs;
+    loop {
+        while let Some(sec) = work.pop() {
+            if !resolved_sections.insert(sec) {
+                continue;
+            }
+            if piece_sections.contains(&sec) {
+                continue; // resolved by live range below
+            }
+            for r in &patched.section(sec).relocs {
+                pending.push((sec, r.offset));
+            }
+        }
+        // Piece sections: relocations inside live ranges.
+        for (&sec, ranges) in &live {
+            for r in &patched.section(sec).relocs {
+                if ranges
+                    .iter()
+                    .any(|&(lo, hi)| r.offset >= lo && r.offset < hi)
+                    && !plan.targets.contains_key(&(sec, r.offset))
+                    && !pending.contains(&(sec, r.offset))
+                {
+                    pending.push((sec, r.offset));
+                }
+            }
+            if plan.sections.insert(sec) {
+                resolved_sections.insert(sec);
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+        while let Some((sec, off)) = pending.pop() {
+            if plan.targets.contains_key(&(sec, off)) {
+                continue;
+            }
+            let section = patched.section(sec);
+            let Some(r) = section.relocs_in(off, off + 1).first().copied() else {
+                continue;
+            };
+            let user = function_at(patched, sec, off);
+            let target = match code.target(patched, section, &r) {
+                Ref::Undefined(name, _) => Target::External(
+                    external_name(resolver, &object, &user, &name, true)?,
+                    r.addend,
+                ),
+                Ref::Place(home, at, _) => {
+                    let hs = patched.section(home);
+                    let own = patched.symbol(r.symbol);
+                    let named = if own.kind != SymKind::Section && own.section.is_some() {
+                        // A reference to a named symbol is to that symbol.
+                        Some(r.symbol)
+                    } else {
+                        (!is_string_section(hs) && !piece_sections.contains(&home))
+                            .then(|| graft_diff::correlate::symbol_at(patched, home, at))
+                            .flatten()
+                    };
+                    match named {
+                        Some(sym) => {
+                            let s = patched.symbol(sym);
+                            let carry = plan.sections.contains(&home)
+                                || carry_if_used.contains(&sym)
+                                || carried_funcs.contains(&sym)
+                                || is_constant(patched, sym);
+                            // Relative to the symbol: the raw addend with the
+                            // symbol's offset in its section removed.
+                            let addend = reloc_addend_to(patched, &r, s.value);
+                            if carry {
+                                if plan.sections.insert(home) {
+                                    work.push(home);
+                                }
+                                Target::Symbol(sym, addend)
+                            } else if matches!(s.kind, SymKind::Func | SymKind::Object) {
+                                let name = kernel_names.get(&sym).copied().unwrap_or(&s.name);
+                                Target::External(
+                                    external_name(resolver, &object, &user, name, s.is_global())?,
+                                    addend,
+                                )
+                            } else {
+                                return Err(KlpError::Unsupported {
+                                    object,
+                                    what: format!(
+                                        "{user} references {}, an untyped symbol in {}; graft cannot tell what it is",
+                                        s.name, hs.name
+                                    ),
+                                });
+                            }
+                        }
+                        None => {
+                            if piece_sections.contains(&home) {
+                                let st = &starts[&home];
+                                let start = st
+                                    .iter()
+                                    .rev()
+                                    .find(|&&x| x as i64 <= at)
+                                    .copied()
+                                    .unwrap_or(0);
+                                let range = special::piece_range(patched, home, st, start);
+                                live.entry(home).or_default().push(range);
+                            }
+                            if plan.sections.insert(home) {
+                                work.push(home);
+                            }
+                            Target::Section(home, reloc_addend_to(patched, &r, 0))
+                        }
+                    }
+                }
+            };
+            plan.targets.insert((sec, off), target);
+        }
+    }
+
+    plan.specials = crate::special::cut(&plan, diff, &kept)?;
 
     for (n, c) in diff.included_functions().enumerate() {
         if graft_diff::rules::is_part(&c.name) {
@@ -158,13 +284,14 @@ pub fn plan<'a>(
         let alias = format!("__graft_new_{unit}_{n}");
         plan.aliases.push((c.symbol, alias.clone()));
         if matches!(c.verdict, Verdict::Changed { .. }) {
+            let old_name = c.orig_name.clone().unwrap_or_else(|| c.name.clone());
             let old_sympos = resolver
-                .sympos(&c.name)
-                .map_err(|e| lookup_error(&object, &c.name, &c.name, e))?;
+                .sympos(&old_name)
+                .map_err(|e| lookup_error(&object, &old_name, &old_name, e))?;
             plan.funcs.push(KlpFunc {
                 object: (resolver.object != graft_elf::klp::VMLINUX)
                     .then(|| resolver.object.to_owned()),
-                old_name: c.name.clone(),
+                old_name,
                 old_sympos,
                 new_symbol: alias,
             });
@@ -173,62 +300,29 @@ pub fn plan<'a>(
     Ok(plan)
 }
 
-/// Read-only data (string constants such as `__func__.42`, const tables) is
-/// carried as a copy: it cannot change at run time, and a copy spares a
-/// fragile reference to a compiler-numbered local in the running kernel.
-fn is_constant(obj: &Object, sym: SymbolId) -> bool {
-    const SHF_WRITE: u64 = 1;
-    let s = obj.symbol(sym);
-    s.kind == SymKind::Object
-        && s.section.is_some_and(|sec| {
-            let sec = obj.section(sec);
-            sec.is_alloc()
-                && !sec.is_exec()
-                && sec.flags & SHF_WRITE == 0
-                && !sec.name.starts_with(".init")
-        })
-}
-
-/// `foo.cold` and `foo.cold.3` are parts of `foo`.
-fn is_part_of(name: &str, parent: &str) -> bool {
-    name.strip_prefix(parent)
-        .and_then(|rest| rest.strip_prefix(".cold"))
-        .is_some_and(|n| {
-            n.is_empty() || (n.starts_with('.') && n[1..].bytes().all(|b| b.is_ascii_digit()))
-        })
-}
-
-enum Reduced {
-    /// A named symbol defined in the patched object.
-    Defined(SymbolId, i64),
-    /// A place in a section that has no named symbol there.
-    Anonymous(SectionId, i64),
-    Undefined(String, i64),
-}
-
-/// Rewrites section-symbol references to the named symbol they land in, so
-/// that what is referenced can be judged by its name.
-fn reduce(obj: &Object, reloc: &Reloc) -> Reduced {
-    match obj.reloc_target(reloc) {
-        RelocTarget::Symbol(id) => {
-            let s = obj.symbol(id);
-            if s.section.is_some() {
-                Reduced::Defined(id, reloc.addend)
-            } else {
-                Reduced::Undefined(s.name.clone(), reloc.addend)
-            }
+/// Sections whose contents are anonymous pieces (no symbols): only the
+/// pieces carried code uses matter.
+fn is_piece_section(obj: &Object, id: SectionId) -> bool {
+    let s = obj.section(id);
+    match special::role(s) {
+        Some(Role::Pieces) => true,
+        Some(Role::Data) => {
+            !is_string_section(s) && obj.symbols_in(id).next().is_none() && !s.relocs.is_empty()
         }
-        RelocTarget::SectionOffset(sec, off) => {
-            let section = obj.section(sec);
-            let bias = graft_diff::compare::pcrel_bias(reloc.r_type);
-            let named = (!is_string_section(section))
-                .then(|| obj.symbol_covering(sec, off + bias))
-                .flatten();
-            match named {
-                Some(sym) => Reduced::Defined(sym.id, off - sym.value as i64),
-                None => Reduced::Anonymous(sec, off),
-            }
-        }
+        _ => false,
+    }
+}
+
+/// The addend of `r` rewritten relative to a symbol at `base` of the same
+/// section as its target (section-symbol references carry the offset).
+fn reloc_addend_to(obj: &Object, r: &graft_elf::Reloc, base: u64) -> i64 {
+    let sym = obj.symbol(r.symbol);
+    if sym.kind == SymKind::Section {
+        (sym.value as i64)
+            .wrapping_add(r.addend)
+            .wrapping_sub(base as i64)
+    } else {
+        r.addend
     }
 }
 
@@ -275,6 +369,22 @@ fn external_name(
             .map_err(|e| lookup_error(object, user, name, e))?,
     };
     Ok(sym_name(VMLINUX, name, sympos))
+}
+
+/// Read-only data (string constants such as `__func__.42`, const tables) is
+/// carried as a copy: it cannot change at run time, and a copy spares a
+/// fragile reference to a compiler-numbered local in the running kernel.
+fn is_constant(obj: &Object, sym: SymbolId) -> bool {
+    const SHF_WRITE: u64 = 1;
+    let s = obj.symbol(sym);
+    s.kind == SymKind::Object
+        && s.section.is_some_and(|sec| {
+            let sec = obj.section(sec);
+            sec.is_alloc()
+                && !sec.is_exec()
+                && sec.flags & SHF_WRITE == 0
+                && !sec.name.starts_with(".init")
+        })
 }
 
 fn lookup_error(object: &str, function: &str, symbol: &str, e: SymposError) -> KlpError {

@@ -1,166 +1,108 @@
 //! Special sections: tables the kernel reads about code (ftrace call sites,
-//! return thunk sites, ORC unwind data…). The module needs the entries that
-//! describe the code it carries, and nothing else.
+//! bug sites, exception fixups, jump labels, alternatives, return thunk
+//! sites, ORC unwind data…). The module needs the entries that describe the
+//! code it carries, and nothing else. Which sections are tables, and how
+//! big their entries are, the differ knows ([`graft_diff::special`], sizes
+//! from the kernel's own layout); it also refuses sections it does not
+//! understand. This pass cuts each table down to the kept entries.
 
-use graft_elf::{Object, RelocTarget, Section, SectionId};
+use graft_diff::special::{role, Role};
+use graft_diff::ObjectDiff;
+use graft_elf::SectionId;
 
 use crate::include::Plan;
 use crate::KlpError;
 
-/// How graft treats a section of the patched object that it does not carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// Tables of one-relocation entries about code: keep the entries of carried code.
-    Entries,
-    /// ORC: `.orc_unwind_ip` entries with parallel `.orc_unwind` records.
-    OrcIp,
-    /// Consumed by `.orc_unwind_ip`'s treatment.
-    OrcData,
-    /// Never needed by a patch module.
-    Drop,
-    /// Ordinary code or data: a reference from it to a carried function is a
-    /// reference to the old copy, which livepatch redirects.
-    Ordinary,
-}
-
-/// The rule table. Anything not listed that refers to carried code is refused.
-fn kind(name: &str) -> Option<Kind> {
-    const ENTRIES: &[&str] = &["__mcount_loc", ".return_sites", ".retpoline_sites"];
-    const ORDINARY: &[&str] = &[
-        ".text",
-        ".data",
-        ".rodata",
-        ".bss",
-        ".init.",
-        ".exit.",
-        ".ref.",
-        ".meminit.",
-    ];
-    const DROP: &[&str] = &[
-        ".discard.",
-        ".debug_",
-        ".note",
-        ".comment",
-        ".BTF",
-        ".modinfo",
-    ];
-    if ENTRIES.contains(&name) {
-        Some(Kind::Entries)
-    } else if name == ".orc_unwind_ip" {
-        Some(Kind::OrcIp)
-    } else if name == ".orc_unwind" {
-        Some(Kind::OrcData)
-    } else if DROP.iter().any(|p| name.starts_with(p)) {
-        Some(Kind::Drop)
-    } else if ORDINARY.iter().any(|p| name.starts_with(p)) {
-        Some(Kind::Ordinary)
-    } else {
-        None
-    }
-}
-
 /// A special section cut down to the entries of carried code.
+#[derive(Debug, Clone)]
 pub struct Filtered {
     pub source: SectionId,
     pub data: Vec<u8>,
-    /// (new offset, original relocation offset) of each kept relocation.
+    /// (new offset, original relocation offset) of each kept relocation;
+    /// its target is in the plan's `targets` under the original offset.
     pub relocs: Vec<(u64, u64)>,
 }
 
+/// The cut-down tables of a plan (computed while planning, because the kept
+/// entries' own references belong to the closure).
 pub fn filter(plan: &Plan<'_>) -> Result<Vec<Filtered>, KlpError> {
+    Ok(plan.specials.clone())
+}
+
+/// Builds the cut-down tables from the kept (table, entry) indexes.
+pub(crate) fn cut(
+    plan: &Plan<'_>,
+    diff: &ObjectDiff,
+    kept: &[(usize, usize)],
+) -> Result<Vec<Filtered>, KlpError> {
     let obj = plan.patched;
-    let unsupported = |s: &Section| KlpError::UnsupportedSpecialSection {
-        object: plan.object_name(),
-        section: s.name.clone(),
-    };
-    let mut out = Vec::new();
-    for s in &obj.sections {
-        if plan.sections.contains(&s.id) || s.relocs.is_empty() {
+    let mut out: Vec<Filtered> = Vec::new();
+    for (ti, t) in diff.tables.iter().enumerate() {
+        let idx: Vec<usize> = kept
+            .iter()
+            .filter(|(k, _)| *k == ti)
+            .map(|(_, e)| *e)
+            .collect();
+        if idx.is_empty() {
             continue;
         }
-        let refers = s.relocs.iter().any(|r| carried(plan, obj, r));
-        match kind(&s.name) {
-            Some(Kind::Drop | Kind::Ordinary | Kind::OrcData) => {}
-            _ if !refers => {}
-            Some(Kind::Entries) => {
-                let size = entry_size(s).ok_or_else(|| unsupported(s))?;
-                out.push(keep_entries(plan, obj, s, size, None));
-            }
-            Some(Kind::OrcIp) => {
-                let ip_size = entry_size(s).ok_or_else(|| unsupported(s))?;
-                let data = obj
-                    .section_by_name(".orc_unwind")
-                    .ok_or_else(|| unsupported(s))?;
-                let n = s.size / ip_size;
-                if n == 0 || !data.size.is_multiple_of(n) {
-                    return Err(unsupported(data));
+        let s = obj.section(t.id);
+        let mut f = Filtered {
+            source: t.id,
+            data: Vec::new(),
+            relocs: Vec::new(),
+        };
+        for &ei in &idx {
+            let e = &t.entries[ei];
+            let (lo, hi) = (e.offset, e.offset + e.size);
+            let bytes = s.data.get(lo as usize..hi as usize).ok_or_else(|| {
+                KlpError::UnsupportedSpecialSection {
+                    object: plan.object_name(),
+                    section: s.name.clone(),
                 }
-                let ip = keep_entries(plan, obj, s, ip_size, None);
-                let kept: Vec<u64> = ip.relocs.iter().map(|&(_, orig)| orig / ip_size).collect();
-                let orc = keep_entries(plan, obj, data, data.size / n, Some(&kept));
-                out.push(ip);
-                out.push(orc);
+            })?;
+            let base = f.data.len() as u64;
+            f.data.extend_from_slice(bytes);
+            for r in s.relocs_in(lo, hi) {
+                if plan.targets.contains_key(&(t.id, r.offset)) {
+                    f.relocs.push((base + r.offset - lo, r.offset));
+                }
             }
-            None => return Err(unsupported(s)),
         }
+        // ORC: `.orc_unwind` holds one record per `.orc_unwind_ip` entry, by index.
+        if s.name == ".orc_unwind_ip" {
+            let data = obj
+                .sections
+                .iter()
+                .find(|x| matches!(role(x), Some(Role::OrcData)))
+                .ok_or_else(|| KlpError::UnsupportedSpecialSection {
+                    object: plan.object_name(),
+                    section: ".orc_unwind".into(),
+                })?;
+            let size = diff.layout.item("orc_entry").map(|i| i.size).unwrap_or(0);
+            let n = t.entries.len() as u64;
+            if size == 0 || data.size != n * size {
+                return Err(KlpError::UnsupportedSpecialSection {
+                    object: plan.object_name(),
+                    section: data.name.clone(),
+                });
+            }
+            let mut orc = Filtered {
+                source: data.id,
+                data: Vec::new(),
+                relocs: Vec::new(),
+            };
+            for &ei in &idx {
+                let lo = ei as u64 * size;
+                if let Some(b) = data.data.get(lo as usize..(lo + size) as usize) {
+                    orc.data.extend_from_slice(b);
+                }
+            }
+            out.push(f);
+            out.push(orc);
+            continue;
+        }
+        out.push(f);
     }
     Ok(out)
-}
-
-fn carried(plan: &Plan<'_>, obj: &Object, r: &graft_elf::Reloc) -> bool {
-    match obj.reloc_target(r) {
-        RelocTarget::SectionOffset(sec, _) => plan.sections.contains(&sec),
-        RelocTarget::Symbol(id) => obj
-            .symbol(id)
-            .section
-            .is_some_and(|sec| plan.sections.contains(&sec)),
-    }
-}
-
-/// Entries of tables with one relocation per entry, all at the same place in
-/// the entry: the size follows from the table itself.
-fn entry_size(s: &Section) -> Option<u64> {
-    let n = s.relocs.len() as u64;
-    if n == 0 || !s.size.is_multiple_of(n) {
-        return None;
-    }
-    let size = s.size / n;
-    let at = s.relocs[0].offset % size;
-    s.relocs
-        .iter()
-        .enumerate()
-        .all(|(i, r)| r.offset == i as u64 * size + at)
-        .then_some(size)
-}
-
-/// Keeps the entries whose relocation refers to carried code, or, for a
-/// table without relocations, the entries listed in `by_index`.
-fn keep_entries(
-    plan: &Plan<'_>,
-    obj: &Object,
-    s: &Section,
-    size: u64,
-    by_index: Option<&[u64]>,
-) -> Filtered {
-    let mut f = Filtered {
-        source: s.id,
-        data: Vec::new(),
-        relocs: Vec::new(),
-    };
-    let n = s.size / size;
-    for i in 0..n {
-        let (lo, hi) = (i * size, (i + 1) * size);
-        let relocs = s.relocs_in(lo, hi);
-        let keep = match by_index {
-            Some(list) => list.contains(&i),
-            None => !relocs.is_empty() && relocs.iter().all(|r| carried(plan, obj, r)),
-        };
-        if keep {
-            let base = f.data.len() as u64;
-            f.data.extend_from_slice(&s.data[lo as usize..hi as usize]);
-            f.relocs
-                .extend(relocs.iter().map(|r| (base + r.offset - lo, r.offset)));
-        }
-    }
-    f
 }

@@ -1,0 +1,201 @@
+//! Names the compiler makes up, and what they tell about a symbol.
+//!
+//! gcc numbers what it creates: clones get `.isra.N`, `.constprop.N`,
+//! `.part.N`, split-off cold parts `.cold`, static locals `name.N`, and the
+//! kernel's `__UNIQUE_ID_` macro appends `__COUNTER__`. Those numbers are
+//! counters over the whole translation unit, so an edit anywhere in the file
+//! can renumber symbols the patch never touched. A name with such a number
+//! is therefore not an identity: [`family`] strips the numbers to give the
+//! key that pairing strategies compare.
+
+/// Clone and split suffixes gcc (and clang's `.llvm.`) append.
+const CLONE_KINDS: &[&str] = &["isra", "constprop", "part", "cold", "llvm", "lto_priv"];
+
+/// A symbol name split into its family key and whether it carries a
+/// compiler-made number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Family {
+    /// The name without numbers: `foo.isra.3` → `foo.isra`, `count.1` → `count.#`.
+    pub key: String,
+    /// The programmer's (or macro's) name: `foo`, `count`, `__UNIQUE_ID_ddebug`.
+    pub base: String,
+    /// The name holds a number the compiler may reassign between builds.
+    pub numbered: bool,
+    /// The name has a clone or split suffix (`.cold`, `.isra`…).
+    pub clone: bool,
+}
+
+pub fn family(name: &str) -> Family {
+    let plain = |name: &str| Family {
+        key: name.to_owned(),
+        base: name.to_owned(),
+        numbered: false,
+        clone: false,
+    };
+    if name.is_empty() || name.starts_with('.') {
+        return plain(name);
+    }
+    let mut parts = name.split('.');
+    let first = parts.next().unwrap_or_default();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mut f = Family {
+        key: String::new(),
+        base: first.to_owned(),
+        numbered: false,
+        clone: false,
+    };
+    // `__UNIQUE_ID_<prefix><counter>`: the counter is __COUNTER__.
+    if let Some(rest) = first.strip_prefix("__UNIQUE_ID_") {
+        let trimmed = rest.trim_end_matches(|c: char| c.is_ascii_digit());
+        if trimmed.len() != rest.len() {
+            f.base = format!("__UNIQUE_ID_{trimmed}");
+            f.key = format!("{}#", f.base);
+            f.numbered = true;
+        }
+    }
+    if f.key.is_empty() {
+        f.key = first.to_owned();
+    }
+    let rest: Vec<&str> = parts.collect();
+    let mut i = 0;
+    while i < rest.len() {
+        let p = rest[i];
+        if CLONE_KINDS.contains(&p) {
+            f.key.push('.');
+            f.key.push_str(p);
+            f.clone = true;
+            i += 1;
+            if i < rest.len() && digits(rest[i]) {
+                f.numbered = true;
+                i += 1;
+            }
+        } else if digits(p) {
+            f.key.push_str(".#");
+            f.numbered = true;
+            i += 1;
+        } else {
+            // Not a shape gcc makes: the name is the programmer's own.
+            return plain(name);
+        }
+    }
+    f
+}
+
+/// The function a split-off part belongs to: `foo.cold` → `foo`,
+/// `foo.part.0.cold` → `foo.part.0`. A cold part jumps back into its parent
+/// at fixed offsets, so the two are only ever carried together.
+pub fn parent_of_part(name: &str) -> Option<&str> {
+    let (parent, last) = name.rsplit_once('.')?;
+    if last == "cold" {
+        return Some(parent);
+    }
+    // Older gcc numbered cold parts: `foo.cold.12`.
+    let (parent2, kind) = parent.rsplit_once('.')?;
+    (kind == "cold" && last.bytes().all(|b| b.is_ascii_digit()) && !last.is_empty())
+        .then_some(parent2)
+}
+
+/// Static locals that kernel macros create behind the programmer's back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hidden {
+    /// Read-only and compared by value (`__func__`, `__msg`, `CSWTCH`…): its
+    /// address means nothing, so new code may use a copy of its own.
+    Const,
+    /// State the running kernel keeps (once flags of `pr_*_once`/`WARN_ONCE`,
+    /// ratelimit state, lockdep keys): new code must share the kernel's
+    /// copy, and those names repeat all over the kernel.
+    State,
+    /// A dynamic debug descriptor (`__dyndbg`): the module loader registers
+    /// the module's own descriptors, so new code carries its own.
+    Registry,
+}
+
+const HIDDEN_CONST: &[&str] = &[
+    "__func__",
+    "__FUNCTION__",
+    "__PRETTY_FUNCTION__",
+    "__msg",
+    "CSWTCH",
+    "___tp_str",
+    "__flags",
+    "_entry",
+    "__compound_literal",
+];
+
+const HIDDEN_STATE: &[&str] = &[
+    "__already_done",
+    "__print_once",
+    "___done",
+    "__warned",
+    "_rs",
+    "__key",
+    "___once_key",
+];
+
+/// Classifies a data symbol by its family and its section's name and flags.
+pub fn hidden(name: &str, section: &str, writable: bool) -> Option<Hidden> {
+    let f = family(name);
+    if section == "__dyndbg" || f.base == "__UNIQUE_ID_ddebug" {
+        return Some(Hidden::Registry);
+    }
+    if section == ".data.once" {
+        return Some(Hidden::State);
+    }
+    if !f.numbered {
+        return None;
+    }
+    if HIDDEN_STATE.contains(&f.base.as_str()) {
+        Some(Hidden::State)
+    } else if HIDDEN_CONST.contains(&f.base.as_str()) {
+        Some(if writable {
+            Hidden::State
+        } else {
+            Hidden::Const
+        })
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families() {
+        let k = |n: &str| family(n).key;
+        assert_eq!(k("foo.isra.3"), "foo.isra");
+        assert_eq!(k("foo.constprop.0.isra.0"), "foo.constprop.isra");
+        assert_eq!(k("foo.part.0.cold"), "foo.part.cold");
+        assert_eq!(k("count.12"), "count.#");
+        assert_eq!(k("__UNIQUE_ID_ddebug412"), "__UNIQUE_ID_ddebug#");
+        assert_eq!(k("meminfo_proc_show"), "meminfo_proc_show");
+        assert_eq!(k("weird.name"), "weird.name");
+        assert!(family("foo.cold").clone && !family("foo.cold").numbered);
+        assert!(family("count.1").numbered);
+        assert!(!family("plain").numbered);
+        assert_eq!(k(""), "");
+        assert_eq!(k(".LC0"), ".LC0");
+    }
+
+    #[test]
+    fn parts_and_hidden() {
+        assert_eq!(parent_of_part("foo.cold"), Some("foo"));
+        assert_eq!(parent_of_part("foo.part.0.cold"), Some("foo.part.0"));
+        assert_eq!(parent_of_part("foo.cold.7"), Some("foo"));
+        assert_eq!(parent_of_part("foo.isra.0"), None);
+        assert_eq!(
+            hidden("__already_done.3", ".data.once", true),
+            Some(Hidden::State)
+        );
+        assert_eq!(
+            hidden("__func__.2", ".rodata.__func__.2", false),
+            Some(Hidden::Const)
+        );
+        assert_eq!(hidden("count.1", ".bss.count.1", true), None);
+        assert_eq!(
+            hidden("__UNIQUE_ID_ddebug7", "__dyndbg", true),
+            Some(Hidden::Registry)
+        );
+    }
+}
