@@ -177,6 +177,8 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         Some(KernelImage::read(&image_path)?)
     };
     steps.step("diffing and verifying");
+    // Entry layouts of the kernel's special sections, from the tree itself.
+    let layout = graft_diff::Layout::probe(&mirror.root)?;
     let mut verified = Vec::new();
     let mut patch_objects = Vec::new();
     let mut funcs = Vec::new();
@@ -203,7 +205,22 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         let klp_object = module
             .as_ref()
             .map_or(graft_elf::klp::VMLINUX, |m| m.name.as_str());
-        let d = graft_diff::diff(&orig, &patched)?;
+        let target_crc = |n: &str| exports.get(n).map(|e| e.crc);
+        let in_vmlinux = |n: &str| !symbols.lookup(graft_elf::klp::VMLINUX, n).is_empty();
+        let d = graft_diff::diff_with(
+            &orig,
+            &patched,
+            &graft_diff::Options {
+                layout: Some(&layout),
+                crcs: graft_diff::Crcs::read_kbuild(
+                    &work.path().join("orig").join(obj),
+                    &work.path().join("patched").join(obj),
+                ),
+                target_crc: Some(&target_crc),
+                module: module.as_ref().map(|m| m.name.clone()),
+                vmlinux_has: Some(&in_vmlinux),
+            },
+        )?;
         let check = to_verify(&orig, &patched, &d);
         let known = match (&module, &image) {
             (Some(m), _) if !a.no_verify => {
@@ -369,6 +386,12 @@ fn keep_objects(root: &Path, objects: &[String], to: &Path) -> Result<()> {
         let dst = to.join(o);
         std::fs::create_dir_all(dst.parent().expect("object path has a directory"))?;
         std::fs::copy(root.join(o), &dst).with_context(|| format!("cannot copy {o}"))?;
+        // kbuild's record of the object holds the CRCs of its exports.
+        let record = graft_diff::crc::record_of(&root.join(o));
+        if record.is_file() {
+            std::fs::copy(&record, graft_diff::crc::record_of(&dst))
+                .with_context(|| format!("cannot copy {}", record.display()))?;
+        }
     }
     Ok(())
 }
