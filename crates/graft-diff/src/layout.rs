@@ -249,7 +249,7 @@ impl Layout {
 
 /// Splits a command line the way `sh` would for the quoting kbuild uses
 /// (`'…'`, `"…"` and backslashes); `None` on an unterminated quote.
-fn shell_words(s: &str) -> Option<Vec<String>> {
+pub fn shell_words(s: &str) -> Option<Vec<String>> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;

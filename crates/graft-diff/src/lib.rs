@@ -352,7 +352,9 @@ fn promote(ctx: &Ctx<'_>, out: &mut ObjectDiff) {
                 Some(c) => c,
                 None => continue,
             };
-            if c.verdict == Verdict::Same {
+            // Writable data pointing to a changed constant cannot follow it:
+            // the constant-in-data rule refuses that.
+            if c.verdict == Verdict::Same && !writable(u) {
                 c.verdict = Verdict::Changed { offset: 0 };
                 c.reason = Some(format!("it reads the changed constant {kname}"));
                 if patched.symbol(u).kind == SymKind::Object && !writable(u) && seen.insert(u) {

@@ -216,8 +216,9 @@ pub fn check(ctx: &Ctx<'_>, diff: &ObjectDiff, opts: &Options<'_>) -> Vec<Refusa
         }
     }
 
-    // Hidden state of the running kernel used by patched code.
-    for c in diff.included_functions() {
+    // Hidden state of the running kernel used by patched code (a cold part
+    // is refused through its parent).
+    for c in diff.included_functions().filter(|c| !is_part(&c.name)) {
         for t in refs.get(&c.symbol).into_iter().flatten() {
             if let Some(d) = diff.data.iter().find(|d| d.symbol == *t) {
                 if d.hidden == Some(Hidden::State) && d.twin.is_some() {
