@@ -7,11 +7,12 @@ use nix::errno::Errno;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
-    #[error("{}: {source}", path.display())]
+    // Not a `#[source]`: the message already carries it, and error chains
+    // printed in full would say it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error("graft {what} needs root (it {why}); hint: run it with sudo")]
@@ -63,9 +64,9 @@ pub enum OpsError {
 }
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OpsError + '_ {
-    move |source| OpsError::Io {
+    move |error| OpsError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
@@ -86,7 +87,7 @@ pub(crate) fn read_opt(path: &Path) -> Result<Option<String>, OpsError> {
         }
         Err(e) => Err(OpsError::Io {
             path: path.to_owned(),
-            source: e,
+            error: e,
         }),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSection};
+use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 use serde::Serialize;
 
 use crate::error::io;
@@ -114,6 +114,42 @@ impl ModuleInfo {
     }
 }
 
+/// Names a module's functions go by in stack traces, mapped to the function
+/// they replace. The kernel's module kallsyms reports the first symbol at an
+/// address, which for a graft module can be the stub's alias of a new
+/// function (`__graft_new_0_0`) rather than its own name (`ksys_read`).
+pub fn stack_names(path: &Path) -> Result<Vec<(String, String)>, OpsError> {
+    let data = std::fs::read(path).map_err(io(path))?;
+    let file = object::File::parse(&*data).map_err(|e| OpsError::NotAModule {
+        path: path.to_owned(),
+        what: format!("not an ELF object: {e}"),
+    })?;
+    let mut at: std::collections::BTreeMap<(usize, u64), Vec<String>> = Default::default();
+    for sym in file.symbols() {
+        let (Some(sec), Ok(name)) = (sym.section_index(), sym.name()) else {
+            continue;
+        };
+        if sym.kind() == SymbolKind::Text && !name.is_empty() {
+            at.entry((sec.0, sym.address()))
+                .or_default()
+                .push(name.to_owned());
+        }
+    }
+    let mut v = Vec::new();
+    for names in at.values() {
+        let Some(own) = names.iter().find(|n| !n.starts_with(ALIAS_PREFIX)) else {
+            continue;
+        };
+        for n in names {
+            v.push((n.clone(), own.clone()));
+        }
+    }
+    Ok(v)
+}
+
+/// The prefix of the stub's aliases of new functions (graft-klp).
+const ALIAS_PREFIX: &str = "__graft_new_";
+
 /// `.modinfo` is a sequence of NUL-terminated `key=value` strings, padded
 /// with NULs between the entries of different objects.
 fn parse_pairs(raw: &[u8]) -> Vec<(String, String)> {
@@ -205,6 +241,45 @@ pub(crate) mod tests {
         assert_eq!(
             format_functions(&g.functions),
             "vmlinux:cmdline_proc_show,0 vmlinux:foo,2"
+        );
+    }
+
+    #[test]
+    fn stack_names_map_aliases_to_functions() {
+        let mut obj = write::Object::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let text = obj.add_section(
+            Vec::new(),
+            b".text.ksys_read".to_vec(),
+            object::SectionKind::Text,
+        );
+        obj.append_section_data(text, &[0xc3; 16], 16);
+        for name in ["__graft_new_0_0", "ksys_read"] {
+            obj.add_symbol(write::Symbol {
+                name: name.as_bytes().to_vec(),
+                value: 0,
+                size: 16,
+                kind: SymbolKind::Text,
+                scope: object::SymbolScope::Linkage,
+                weak: false,
+                section: write::SymbolSection::Section(text),
+                flags: object::SymbolFlags::None,
+            });
+        }
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("m.ko");
+        std::fs::write(&p, obj.write().unwrap()).unwrap();
+        let mut names = stack_names(&p).unwrap();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                ("__graft_new_0_0".to_string(), "ksys_read".to_string()),
+                ("ksys_read".to_string(), "ksys_read".to_string())
+            ]
         );
     }
 

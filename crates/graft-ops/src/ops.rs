@@ -2,7 +2,6 @@
 //! in time is reversed and the module removed, so the system is left as it
 //! was (unless the operator chose `force`).
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -10,10 +9,10 @@ use nix::errno::Errno;
 use serde::Serialize;
 
 use crate::kmod::{insert_error, remove_error, Modules};
-use crate::modinfo::ModuleInfo;
+use crate::modinfo::{self, ModuleInfo};
 use crate::precheck::{self, Findings};
 use crate::state::{self, Livepatches, LoadedPatch};
-use crate::tasks::Blocker;
+use crate::tasks::{Blocker, StackMatch};
 use crate::watch::{watch, Direction, Event, Watch, WatchOptions, Watched};
 use crate::{FuncRef, Host, OpsError};
 
@@ -111,15 +110,23 @@ pub fn load(
             hint: "its module_init must call klp_enable_patch()".into(),
         });
     };
-    // Stack names to look for: the new patch's functions, and those of the
-    // patches it may replace (a task can sleep in their new code).
-    let mut functions: HashSet<String> = patch.functions().map(|f| f.name.clone()).collect();
-    functions.extend(
-        before
-            .patches
-            .iter()
-            .flat_map(|p| p.functions().map(|f| f.name.clone())),
-    );
+    // What blocks shows on stacks as: the new patch's functions and those of
+    // the patches it may replace (a task can sleep in their new code), the
+    // code of all these modules, and the stub's aliases of new functions.
+    let mut functions = StackMatch::default();
+    for f in patch
+        .functions()
+        .chain(before.patches.iter().flat_map(|p| p.functions()))
+    {
+        functions.add_function(&f.name);
+    }
+    functions.modules.insert(name.clone());
+    functions
+        .modules
+        .extend(before.patches.iter().map(|p| p.name.clone()));
+    functions
+        .names
+        .extend(modinfo::stack_names(ko).unwrap_or_default());
     let w = Watch {
         host,
         name: &name,
@@ -201,7 +208,7 @@ fn revert_outcome(
     host: &Host,
     modules: &dyn Modules,
     name: &str,
-    functions: &HashSet<String>,
+    functions: &StackMatch,
     opts: &LoadOptions,
     start: Instant,
     blockers: Vec<Blocker>,
@@ -265,6 +272,11 @@ fn finish_load(
     forced: bool,
 ) -> Result<LoadOutcome, OpsError> {
     let after = state::read(host)?;
+    // Re-read the patch: while a cumulative patch is in transition its
+    // sysfs also lists the "nop" functions the kernel added to undo the
+    // replaced patches; they are gone once it completes.
+    let now = after.get(&patch.name).cloned();
+    let patch = now.as_ref().unwrap_or(patch);
     let replaced: Vec<String> = before
         .patches
         .iter()
@@ -386,10 +398,12 @@ pub enum UnloadOutcome {
 
 /// Disables patch `name`, follows the unpatching transition and removes the
 /// module. On a stall the transition is reversed: the patch stays active.
+/// `module_file`, when known, lets blockers be named by function.
 pub fn unload(
     host: &Host,
     modules: &dyn Modules,
     name: &str,
+    module_file: Option<&Path>,
     opts: &LoadOptions,
     cancel: &dyn Fn() -> bool,
     on: &mut dyn FnMut(Event),
@@ -411,7 +425,16 @@ pub fn unload(
             busy: busy.name.clone(),
         });
     }
-    let functions: HashSet<String> = patch.functions().map(|f| f.name.clone()).collect();
+    let mut functions = StackMatch::default();
+    for f in patch.functions() {
+        functions.add_function(&f.name);
+    }
+    functions.modules.insert(name.to_owned());
+    if let Some(ko) = module_file {
+        functions
+            .names
+            .extend(modinfo::stack_names(ko).unwrap_or_default());
+    }
     let start = Instant::now();
     if patch.enabled {
         state::set_enabled(host, name, false)?;
@@ -714,10 +737,28 @@ mod tests {
             replace: false,
             removed: RefCell::new(Vec::new()),
         };
-        let e = unload(&h, &k, "livepatch_nope", &opts(), &|| false, &mut |_| {}).unwrap_err();
+        let e = unload(
+            &h,
+            &k,
+            "livepatch_nope",
+            None,
+            &opts(),
+            &|| false,
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert!(matches!(e, OpsError::NotLoaded { .. }), "{e}");
         add_module(&h, "livepatch_old", true);
-        let r = unload(&h, &k, "livepatch_old", &opts(), &|| false, &mut |_| {}).unwrap();
+        let r = unload(
+            &h,
+            &k,
+            "livepatch_old",
+            None,
+            &opts(),
+            &|| false,
+            &mut |_| {},
+        )
+        .unwrap();
         assert!(matches!(r, UnloadOutcome::Removed { .. }), "{r:?}");
     }
 }

@@ -164,7 +164,7 @@ pub fn set_enabled(host: &Host, name: &str, enabled: bool) -> Result<(), OpsErro
                 name: name.to_owned(),
             }
         } else {
-            OpsError::Io { path: p, source: e }
+            OpsError::Io { path: p, error: e }
         }
     })
 }

@@ -2,7 +2,7 @@
 //! (-1 no transition, 0 unpatched, 1 patched; root only) and the kernel stack
 //! of the ones that have not switched, `/proc/<pid>/task/<tid>/stack`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -167,9 +167,31 @@ impl Blocker {
     }
 }
 
-/// Looks at the stacks of the pending tasks for the functions of the patch
-/// (`functions`: names as they appear in stack traces).
-pub fn blockers(host: &Host, pending: &[Task], functions: &HashSet<String>) -> Vec<Blocker> {
+/// What to look for on the stacks of tasks that have not switched.
+#[derive(Debug, Clone, Default)]
+pub struct StackMatch {
+    /// Names seen in stack traces → the patched function they stand for.
+    pub names: HashMap<String, String>,
+    /// Live patch modules involved: any frame in their code is patched code.
+    pub modules: HashSet<String>,
+}
+
+impl StackMatch {
+    pub fn add_function(&mut self, name: &str) {
+        self.names.insert(name.to_owned(), name.to_owned());
+    }
+
+    fn reason(&self, f: &Frame) -> Option<String> {
+        if let Some(n) = self.names.get(&f.function) {
+            return Some(n.clone());
+        }
+        let m = f.module.as_ref().filter(|m| self.modules.contains(*m))?;
+        Some(format!("{} [{m}]", f.function))
+    }
+}
+
+/// Looks at the stacks of the pending tasks for the patch's functions.
+pub fn blockers(host: &Host, pending: &[Task], look: &StackMatch) -> Vec<Blocker> {
     pending
         .iter()
         .map(|t| {
@@ -177,10 +199,7 @@ pub fn blockers(host: &Host, pending: &[Task], functions: &HashSet<String>) -> V
             let frames = std::fs::read_to_string(dir.join("stack"))
                 .map(|s| parse_stack(&s))
                 .unwrap_or_default();
-            let function = frames
-                .iter()
-                .find(|f| functions.contains(&f.function))
-                .map(|f| f.function.clone());
+            let function = frames.iter().find_map(|f| look.reason(f));
             Blocker {
                 task: t.clone(),
                 kthread: is_kthread(host, t.pid),
@@ -257,8 +276,9 @@ mod tests {
         assert_eq!((c.total, c.switched), (5, 3));
         let names: Vec<_> = c.pending.iter().map(|t| t.comm.as_str()).collect();
         assert_eq!(names, ["cat", "my (odd) name"]);
-        let funcs: HashSet<String> = ["ksys_read".to_string()].into();
-        let b = blockers(&h, &c.pending, &funcs);
+        let mut look = StackMatch::default();
+        look.add_function("ksys_read");
+        let b = blockers(&h, &c.pending, &look);
         assert_eq!(b[0].function.as_deref(), Some("ksys_read"));
         assert!(!b[0].kthread);
         assert_eq!(
@@ -273,11 +293,30 @@ mod tests {
     }
 
     #[test]
+    fn frames_in_patch_modules_and_aliases_count() {
+        let (_t, h) = host();
+        let stack = "[<0>] pipe_read+0x3df/0x470\n[<0>] __graft_new_0_0+0xc4/0xff0 [livepatch_x]\n";
+        task(&h, 96, 96, "cat", 1, stack, 0);
+        let c = census(&h, false).unwrap();
+        let mut look = StackMatch::default();
+        look.modules.insert("livepatch_x".into());
+        let b = blockers(&h, &c.pending, &look);
+        assert_eq!(
+            b[0].function.as_deref(),
+            Some("__graft_new_0_0 [livepatch_x]")
+        );
+        look.names
+            .insert("__graft_new_0_0".into(), "ksys_read".into());
+        let b = blockers(&h, &c.pending, &look);
+        assert_eq!(b[0].function.as_deref(), Some("ksys_read"));
+    }
+
+    #[test]
     fn kthreads_are_told_apart() {
         let (_t, h) = host();
         task(&h, 2, 2, "kworker/0:1", 0, "", PF_KTHREAD | 0x40);
         let c = census(&h, true).unwrap();
-        let b = blockers(&h, &c.pending, &HashSet::new());
+        let b = blockers(&h, &c.pending, &StackMatch::default());
         assert!(b[0].kthread);
         assert!(b[0]
             .describe()

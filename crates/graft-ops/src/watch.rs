@@ -4,12 +4,11 @@
 //! and sends them fake signals every 15 retries. graft only watches, names
 //! who blocks, and never signals a task itself.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::tasks::{self, Blocker};
+use crate::tasks::{self, Blocker, StackMatch};
 use crate::{state, Host, OpsError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -106,8 +105,8 @@ pub struct Watch<'a> {
     /// The patch in transition.
     pub name: &'a str,
     pub direction: Direction,
-    /// Function names to look for on the blockers' stacks.
-    pub functions: &'a HashSet<String>,
+    /// What to look for on the blockers' stacks.
+    pub functions: &'a StackMatch,
     pub opts: &'a WatchOptions,
 }
 
@@ -207,7 +206,7 @@ mod tests {
     fn spec<'a>(
         h: &'a Host,
         direction: Direction,
-        functions: &'a HashSet<String>,
+        functions: &'a StackMatch,
         opts: &'a WatchOptions,
     ) -> Watch<'a> {
         Watch {
@@ -243,7 +242,8 @@ mod tests {
             std::fs::write(flag, "0\n").unwrap();
         });
         let mut events = Vec::new();
-        let funcs = ["ksys_read".to_string()].into();
+        let mut funcs = StackMatch::default();
+        funcs.add_function("ksys_read");
         let o = opts();
         let w = watch(
             &spec(&h, Direction::Patching, &funcs, &o),
@@ -275,7 +275,8 @@ mod tests {
         add_patch(&h, "livepatch_x", &[("vmlinux", "ksys_read", 0)], true);
         stuck_task(&h);
         let mut events = Vec::new();
-        let funcs = ["ksys_read".to_string()].into();
+        let mut funcs = StackMatch::default();
+        funcs.add_function("ksys_read");
         let o = opts();
         let w = watch(
             &spec(&h, Direction::Patching, &funcs, &o),
@@ -302,7 +303,7 @@ mod tests {
         let (_t, h) = host();
         add_patch(&h, "livepatch_x", &[("vmlinux", "ksys_read", 0)], true);
         stuck_task(&h);
-        let none = HashSet::new();
+        let none = StackMatch::default();
         let o = opts();
         let w = watch(
             &spec(&h, Direction::Patching, &none, &o),

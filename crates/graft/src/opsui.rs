@@ -121,7 +121,8 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(json: bool) -> Progress {
-        let bar = ProgressBar::new(0);
+        // Length 1 until the first count: an empty bar would show as full.
+        let bar = ProgressBar::new(1);
         let bar = (!json && !bar.is_hidden()).then(|| {
             bar.set_style(
                 ProgressStyle::with_template(

@@ -31,9 +31,17 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     };
     opsui::install_cancel_handler();
     let mut progress = Progress::new(json);
-    let outcome = ops::unload(&host, &Kernel, &name, &opts, &opsui::cancelled, &mut |e| {
-        progress.event(e)
-    });
+    // The copy `graft load` kept: it names the new functions on stacks.
+    let kept = opsui::run_dir().join(format!("{name}.ko"));
+    let outcome = ops::unload(
+        &host,
+        &Kernel,
+        &name,
+        kept.is_file().then_some(kept.as_path()),
+        &opts,
+        &opsui::cancelled,
+        &mut |e| progress.event(e),
+    );
     progress.finish();
     let outcome = outcome?;
     if matches!(
