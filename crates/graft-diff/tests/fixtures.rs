@@ -123,9 +123,12 @@ fn run_case(case: &str) -> Vec<String> {
     }
     for r in want.get("reason").into_iter().flatten() {
         let (sym, text) = r.split_once('=').unwrap();
-        let ok = all().any(|c| base(&c.name) == sym && c.reason.as_deref().is_some_and(|x| x.contains(text)));
+        let ok = all()
+            .any(|c| base(&c.name) == sym && c.reason.as_deref().is_some_and(|x| x.contains(text)));
         if !ok {
-            failures.push(format!("{case}: the reason of {sym} does not mention {text}"));
+            failures.push(format!(
+                "{case}: the reason of {sym} does not mention {text}"
+            ));
         }
     }
     if !failures.is_empty() {
@@ -145,7 +148,10 @@ fn fixture_corpus_gives_the_expected_verdicts() {
     let filter = std::env::var("GRAFT_FIXTURE").ok();
     let mut failures = Vec::new();
     let mut ran = 0;
-    for case in cases.iter().filter(|c| filter.as_deref().is_none_or(|f| c.contains(f))) {
+    for case in cases
+        .iter()
+        .filter(|c| filter.as_deref().is_none_or(|f| c.contains(f)))
+    {
         failures.extend(run_case(case));
         ran += 1;
     }

@@ -62,7 +62,11 @@ pub fn kernel() -> &'static Kernel {
         let cc: Vec<String> = graft_diff::layout::shell_words(cc_part)
             .expect("words")
             .into_iter()
-            .filter(|w| !w.starts_with("-Wp,") && !w.starts_with("-DKBUILD_") && !w.starts_with("-D__KBUILD_"))
+            .filter(|w| {
+                !w.starts_with("-Wp,")
+                    && !w.starts_with("-DKBUILD_")
+                    && !w.starts_with("-D__KBUILD_")
+            })
             .collect();
         let cc = strip_io(cc);
         let mut objtool = graft_diff::layout::shell_words(tool_part).expect("words");
@@ -136,7 +140,10 @@ impl Kernel {
             src.display(),
             String::from_utf8_lossy(&tool.stderr)
         );
-        if std::fs::read_to_string(src).unwrap().contains("EXPORT_SYMBOL") {
+        if std::fs::read_to_string(src)
+            .unwrap()
+            .contains("EXPORT_SYMBOL")
+        {
             self.crc_record(src, out);
         }
     }
@@ -166,7 +173,12 @@ impl Kernel {
 
     /// Compiles the kernel objects `objects` before and after `patch` in
     /// graft's private copy of the lab tree; returns (orig dir, patched dir).
-    pub fn kernel_pair(&self, patch_text: &str, objects: &[&str], dir: &Path) -> (PathBuf, PathBuf) {
+    pub fn kernel_pair(
+        &self,
+        patch_text: &str,
+        objects: &[&str],
+        dir: &Path,
+    ) -> (PathBuf, PathBuf) {
         let kt = KernelTree::open(&self.tree).expect("lab tree");
         let pf = dir.join("fix.patch");
         std::fs::write(&pf, patch_text).unwrap();
@@ -185,7 +197,8 @@ impl Kernel {
             }
         };
         let log = mirror.log_path();
-        compile::compile(&mirror.root, &self.make_vars, &objs, 2, "orig", &log).expect("compile orig");
+        compile::compile(&mirror.root, &self.make_vars, &objs, 2, "orig", &log)
+            .expect("compile orig");
         keep(&dir.join("orig"), &mirror);
         mirror.apply(&patch).expect("apply");
         let r = compile::compile(&mirror.root, &self.make_vars, &objs, 2, "patched", &log);

@@ -1,0 +1,199 @@
+//! The differ on real objects of the Debian 6.1 kernel, compiled by kbuild
+//! before and after the patches the VM tests use (in graft's private copy
+//! of the lab tree; the lab's tree itself is only read).
+
+mod common;
+
+use graft_diff::{Options, Verdict};
+use graft_elf::Object;
+
+fn diff_patch(patch: &str, object: &str) -> graft_diff::ObjectDiff {
+    let k = common::kernel();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/patches")
+            .join(patch),
+    )
+    .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let (o, p) = k.kernel_pair(&text, &[object], scratch.path());
+    let orig = Object::read(&o.join(object)).unwrap();
+    let patched = Object::read(&p.join(object)).unwrap();
+    let opts = Options {
+        layout: Some(&k.layout),
+        crcs: graft_diff::Crcs::read_kbuild(&o.join(object), &p.join(object)),
+        ..Default::default()
+    };
+    graft_diff::analyze(&orig, &patched, &opts)
+}
+
+fn names(d: &graft_diff::ObjectDiff, f: impl Fn(&graft_diff::Change) -> bool) -> Vec<String> {
+    let mut v: Vec<String> = d
+        .functions
+        .iter()
+        .chain(&d.data)
+        .filter(|c| f(c))
+        .map(|c| c.name.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+fn changed(d: &graft_diff::ObjectDiff) -> Vec<String> {
+    names(d, |c| c.verdict != Verdict::Same)
+}
+
+#[test]
+fn readdir_change_carries_only_filldir64() {
+    let d = diff_patch("differ-readdir.patch", "fs/readdir.o");
+    assert_eq!(
+        changed(&d),
+        vec!["filldir64"],
+        "{}",
+        serde_json::to_string_pretty(&d).unwrap()
+    );
+    assert!(d.refusals.is_empty(), "{:?}", d.refusals);
+    // filldir64 writes to user memory: its exception table entries come along.
+    let ex = d
+        .tables
+        .iter()
+        .find(|t| t.section == "__ex_table")
+        .expect("__ex_table");
+    let f = d.functions.iter().find(|c| c.name == "filldir64").unwrap();
+    assert!(
+        ex.entries
+            .iter()
+            .filter(|e| e.owner == Some(f.symbol))
+            .count()
+            >= 4
+    );
+}
+
+#[test]
+fn meminfo_string_change_is_one_function() {
+    let d = diff_patch("differ-meminfo-string.patch", "fs/proc/meminfo.o");
+    assert_eq!(changed(&d), vec!["meminfo_proc_show"]);
+    let c = d
+        .functions
+        .iter()
+        .find(|c| c.name == "meminfo_proc_show")
+        .unwrap();
+    let insn = c.first_insn.as_ref().expect("first differing instruction");
+    assert!(
+        insn.orig.contains("mov") || insn.orig.contains("lea"),
+        "{insn:?}"
+    );
+    assert!(d.refusals.is_empty());
+}
+
+#[test]
+fn new_static_function_with_counter() {
+    let d = diff_patch("differ-new-function.patch", "fs/proc/version.o");
+    assert_eq!(
+        names(&d, |c| matches!(c.verdict, Verdict::Changed { .. })),
+        vec!["version_proc_show"]
+    );
+    let new = names(&d, |c| c.verdict == Verdict::New);
+    assert!(new.contains(&"graft_count_calls".to_owned()), "{new:?}");
+    assert!(new.iter().any(|n| n.starts_with("calls.")), "{new:?}");
+    assert!(d.refusals.is_empty());
+}
+
+fn rules(d: &graft_diff::ObjectDiff) -> Vec<String> {
+    d.refusals
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}",
+                serde_json::to_value(&r.rule).unwrap()["rule"]
+                    .as_str()
+                    .unwrap(),
+                r.symbol
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn init_change_is_refused() {
+    let d = diff_patch("differ-init-change.patch", "fs/proc/meminfo.o");
+    assert_eq!(rules(&d), vec!["init_code:proc_meminfo_init"]);
+}
+
+#[test]
+fn global_initial_value_is_refused() {
+    let d = diff_patch("differ-global-init.patch", "kernel/sys.o");
+    assert_eq!(rules(&d), vec!["data_changed:overflowuid"]);
+}
+
+#[test]
+fn struct_field_added_is_refused_with_shadow_variables() {
+    let d = diff_patch("differ-struct-field.patch", "fs/dcache.o");
+    let r = rules(&d);
+    assert!(
+        r.contains(&"data_changed:dentry_stat".to_owned()),
+        "{r:?}\n{}",
+        serde_json::to_string_pretty(
+            &d.functions
+                .iter()
+                .filter(|c| c.verdict != Verdict::Same)
+                .collect::<Vec<_>>()
+        )
+        .unwrap()
+    );
+    let msg = d
+        .refusals
+        .iter()
+        .find(|x| x.symbol == "dentry_stat")
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("shadow variable") && msg.contains("48 to 56 bytes"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bug_table_entry_travels_with_its_function() {
+    let d = diff_patch("differ-bug-table.patch", "fs/proc/base.o");
+    // gcc moves the BUG() path into the cold part; it travels with its parent.
+    assert_eq!(
+        changed(&d),
+        vec!["proc_pid_cmdline_read", "proc_pid_cmdline_read.cold"]
+    );
+    let ours: Vec<_> = d
+        .functions
+        .iter()
+        .filter(|c| c.name.starts_with("proc_pid_cmdline_read"))
+        .map(|c| c.symbol)
+        .collect();
+    let bugs = d
+        .tables
+        .iter()
+        .find(|t| t.section == "__bug_table")
+        .expect("__bug_table");
+    assert_eq!(
+        bugs.entries
+            .iter()
+            .filter(|e| e.owner.is_some_and(|o| ours.contains(&o)))
+            .count(),
+        1
+    );
+    assert!(d.refusals.is_empty(), "{:?}", d.refusals);
+}
+
+#[test]
+fn line_shift_only_function_is_the_same() {
+    let d = diff_patch("differ-line-shift.patch", "fs/proc/generic.o");
+    assert_eq!(changed(&d), vec!["proc_readdir_de"]);
+    let reg = d
+        .functions
+        .iter()
+        .find(|c| c.name == "proc_create_reg")
+        .unwrap();
+    assert_eq!(reg.verdict, Verdict::Same);
+    assert!(
+        reg.note.as_deref().is_some_and(|n| n.contains("__LINE__")),
+        "{reg:?}"
+    );
+}
