@@ -21,6 +21,7 @@ use graft_klp::include::Resolver;
 use graft_target::{Exports, KernelImage, SymbolTable};
 
 use crate::output::Steps;
+use crate::target::{Overrides, TargetPaths};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,6 +33,11 @@ pub struct Args {
     /// The patch's name: the module is `livepatch-<name>.ko`.
     #[arg(long, short = 'n')]
     name: String,
+    /// A directory describing another machine's kernel: release, config,
+    /// kallsyms (or System.map or vmlinux), vmlinuz, modules/ and headers/
+    /// [default: the running kernel].
+    #[arg(long)]
+    target: Option<PathBuf>,
     /// The target kernel's config [default: /boot/config-$(uname -r)].
     #[arg(long)]
     config: Option<PathBuf>,
@@ -86,32 +92,21 @@ struct FileSummary {
 pub fn run(a: Args, json: bool) -> Result<()> {
     validate_name(&a.name)?;
     let mut steps = Steps::new(json);
-    let release = || -> Result<String> {
-        Ok(std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .context("cannot read the running kernel's release")?
-            .trim()
-            .to_owned())
-    };
-    let config = match &a.config {
-        Some(c) => c.clone(),
-        None => PathBuf::from(format!("/boot/config-{}", release()?)),
-    };
-    let headers = match &a.headers {
-        Some(h) => h.clone(),
-        None => PathBuf::from(format!("/lib/modules/{}/build", release()?)),
-    };
-    let image_path = match &a.image {
-        Some(i) => i.clone(),
-        None => PathBuf::from(format!("/boot/vmlinuz-{}", release()?)),
-    };
-    let modules_dir = match &a.modules {
-        Some(m) => m.clone(),
-        None => PathBuf::from(format!("/lib/modules/{}", release()?)),
-    };
-    let symbols_path = a
-        .symbols
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/proc/kallsyms"));
+    let target = TargetPaths::resolve(&Overrides {
+        target: a.target.clone(),
+        config: a.config.clone(),
+        symbols: a.symbols.clone(),
+        image: a.image.clone(),
+        modules: a.modules.clone(),
+        headers: a.headers.clone(),
+    })?;
+    let (config, headers, image_path, modules_dir, symbols_path) = (
+        target.config.clone(),
+        target.headers.clone(),
+        target.image.clone(),
+        target.modules.clone(),
+        target.symbols.clone(),
+    );
 
     steps.step("reading inputs");
     let tree = KernelTree::open(&a.tree)?;

@@ -10,6 +10,7 @@ mod list;
 mod load;
 mod opsui;
 mod output;
+mod target;
 mod unload;
 
 use std::process::ExitCode;
@@ -51,7 +52,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build a livepatch module from a source patch.
-    Build(build::Args),
+    Build(Box<build::Args>),
     /// Compare an original and a patched object, function by function.
     Diff(diff::Args),
     /// Load a live patch and follow its transition; a stall is reversed.
@@ -71,7 +72,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Build(a) => build::run(a, cli.json),
+        Command::Build(a) => build::run(*a, cli.json),
         Command::Diff(a) => diff::run(a, cli.json),
         Command::Load(a) => load::run(a, cli.json),
         Command::Unload(a) => unload::run(a, cli.json),

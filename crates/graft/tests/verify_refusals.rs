@@ -107,3 +107,56 @@ fn no_debuginfo_package_is_installed() {
         "graft must not need debuginfo, yet {installed:?} is installed"
     );
 }
+
+/// Another machine's kernel, described by a directory, booted with KASLR:
+/// every address in its symbol table is shifted. Verification works on
+/// addresses relative to `_text`, so the build is proven all the same.
+#[test]
+fn offline_target_directory_with_kaslr_shifted_symbols() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    const SHIFT: u64 = 0x1e20_0000;
+    let table = std::fs::read_to_string(lab.kallsyms()).unwrap();
+    let shifted: String = table
+        .lines()
+        .map(|l| {
+            let (addr, rest) = l.split_once(' ').unwrap();
+            let a = u64::from_str_radix(addr, 16).unwrap();
+            format!("{:016x} {rest}\n", a.wrapping_add(SHIFT))
+        })
+        .collect();
+    std::fs::write(target.join("kallsyms"), shifted).unwrap();
+    std::fs::write(target.join("release"), format!("{}\n", lab.release)).unwrap();
+    std::os::unix::fs::symlink(lab.config(), target.join("config")).unwrap();
+    std::os::unix::fs::symlink(lab.vmlinuz(), target.join("vmlinuz")).unwrap();
+    std::os::unix::fs::symlink(lab.modules_dir(), target.join("modules")).unwrap();
+    let out = dir.path().join("out");
+    let args: Vec<std::ffi::OsString> = vec![
+        "--json".into(),
+        "build".into(),
+        repo_file("tests/patches/cmdline.patch").into(),
+        "--tree".into(),
+        lab.source_tree().into(),
+        "--name".into(),
+        "kaslr".into(),
+        "--target".into(),
+        target.into(),
+        "--output".into(),
+        out.clone().into(),
+    ];
+    let built = graft(&args);
+    assert!(built.status.success(), "{}", stderr(&built));
+    let summary: serde_json::Value = serde_json::from_slice(&built.stdout).unwrap();
+    let real = graft_target::SymbolTable::read(&lab.kallsyms())
+        .unwrap()
+        .lookup("vmlinux", "cmdline_proc_show")[0]
+        .address;
+    assert_eq!(summary["verified"][0]["function"], "cmdline_proc_show");
+    assert_eq!(
+        summary["verified"][0]["address"].as_u64(),
+        Some(real + SHIFT)
+    );
+    assert!(out.join("livepatch-kaslr.ko").is_file());
+}
