@@ -118,8 +118,10 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             config.display()
         );
     }
-    tree.check_config(&config)?;
+    // The compiler first: a config from another compiler differs in its
+    // compiler options too, and the compiler is the cause worth naming.
     tree.check_compiler(&config)?;
+    tree.check_config(&config)?;
     let symbols = SymbolTable::read(&symbols_path)?;
     let exports = Exports::read(&headers.join("Module.symvers"))?;
     std::fs::create_dir_all(&a.output)

@@ -121,3 +121,31 @@ fn missing_symbol_table() {
     args[9] = dir.path().join("no-such-kallsyms").into();
     assert_refused(&args, &lab.source_tree(), "cannot read the symbol table");
 }
+
+#[test]
+fn target_built_by_another_compiler() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(lab.config()).unwrap();
+    let line = config
+        .lines()
+        .find(|l| l.starts_with("CONFIG_CC_VERSION_TEXT="))
+        .unwrap();
+    let other = config.replace(
+        line,
+        "CONFIG_CC_VERSION_TEXT=\"gcc-13 (Debian 13.2.0-25) 13.2.0\"",
+    );
+    let cfg = patch_file(dir.path(), "config", &other);
+    let mut args = build_args(
+        &lab,
+        &repo_file("tests/patches/cmdline.patch"),
+        "cc",
+        dir.path(),
+    );
+    args[7] = cfg.into();
+    assert_refused(
+        &args,
+        &lab.source_tree(),
+        "was built with \"gcc-13 (Debian 13.2.0-25) 13.2.0\"",
+    );
+}
