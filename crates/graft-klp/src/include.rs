@@ -212,7 +212,9 @@ pub fn plan<'a>(
                 Ref::Place(home, at, _) => {
                     let hs = patched.section(home);
                     let own = patched.symbol(r.symbol);
-                    let named = if own.kind != SymKind::Section && own.section.is_some() {
+                    let named = if matches!(own.kind, SymKind::Func | SymKind::Object)
+                        && own.section.is_some()
+                    {
                         // A reference to a named symbol is to that symbol.
                         Some(r.symbol)
                     } else {
@@ -266,7 +268,14 @@ pub fn plan<'a>(
                             if plan.sections.insert(home) {
                                 work.push(home);
                             }
-                            Target::Section(home, reloc_addend_to(patched, &r, 0))
+                            // Through a section symbol or a local label
+                            // (`.LC3`): the offset in the section.
+                            let off = if own.kind == SymKind::Section {
+                                reloc_addend_to(patched, &r, 0)
+                            } else {
+                                (own.value as i64).wrapping_add(r.addend)
+                            };
+                            Target::Section(home, off)
                         }
                     }
                 }
