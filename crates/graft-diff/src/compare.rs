@@ -140,11 +140,13 @@ impl<'a> Side<'a> {
                 Some(Role::Pieces) => {
                     pieces.insert(s.id, special::piece_starts(obj, &code, s.id));
                 }
-                Some(Role::Data) if !s.relocs.is_empty() || s.is_alloc() => {
-                    // Anonymous data (no symbol) is cut into pieces too.
-                    if obj.symbols_in(s.id).next().is_none() && !is_string_section(s) {
-                        pieces.insert(s.id, special::piece_starts(obj, &code, s.id));
-                    }
+                // Anonymous data (no symbol) is cut into pieces too.
+                Some(Role::Data)
+                    if (!s.relocs.is_empty() || s.is_alloc())
+                        && obj.symbols_in(s.id).next().is_none()
+                        && !is_string_section(s) =>
+                {
+                    pieces.insert(s.id, special::piece_starts(obj, &code, s.id));
                 }
                 _ => {}
             }

@@ -141,6 +141,9 @@ pub enum DiffError {
     Refused { refusals: Vec<Refusal> },
 }
 
+/// Looks up a fact about a symbol of the target kernel by name.
+pub type Lookup<'a, T> = &'a dyn Fn(&str) -> T;
+
 /// What the differ may know beyond the two objects.
 #[derive(Default)]
 pub struct Options<'a> {
@@ -149,11 +152,11 @@ pub struct Options<'a> {
     /// Export CRCs of both builds (kbuild's `#SYMVER` records).
     pub crcs: Crcs,
     /// The target kernel's CRC of an export (`Module.symvers`).
-    pub target_crc: Option<&'a dyn Fn(&str) -> Option<u32>>,
+    pub target_crc: Option<Lookup<'a, Option<u32>>>,
     /// The klp object when the patched file belongs to a module, not vmlinux.
     pub module: Option<String>,
     /// Whether vmlinux defines a symbol (for keys referenced by module code).
-    pub vmlinux_has: Option<&'a dyn Fn(&str) -> bool>,
+    pub vmlinux_has: Option<Lookup<'a, bool>>,
 }
 
 /// Diffs `orig` against `patched`; refusals are an error.

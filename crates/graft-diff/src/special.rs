@@ -333,7 +333,7 @@ pub fn entry_size(table: &Table, s: &Section, layout: &Layout) -> Result<u64, Ta
             width
         }
     };
-    if size == 0 || s.size % size != 0 {
+    if size == 0 || !s.size.is_multiple_of(size) {
         return Err(TableError::Malformed {
             what: format!(
                 "{} ({} bytes) is not a whole number of {size}-byte entries",
