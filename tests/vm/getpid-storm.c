@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 // A getpid storm for graft's VM tests: NPROC processes call getpid(2) in a
-// loop, each checking that the answer is its own pid, until SECONDS pass.
+// loop, each checking that the answer is its own pid, until SECONDS pass or
+// the file /tmp/storm-stop exists.
 // Exits 0 when every process saw only right answers, and prints the total
 // number of calls (so a test can tell the storm really ran).
 //
@@ -18,7 +19,7 @@ static long worker(int seconds)
 	time_t end = time(NULL) + seconds;
 	long calls = 0;
 
-	while (time(NULL) < end) {
+	while (time(NULL) < end && access("/tmp/storm-stop", F_OK) != 0) {
 		for (int i = 0; i < 1000; i++) {
 			/* The raw syscall: libc does not cache getpid, but be explicit. */
 			if (syscall(SYS_getpid) != me)

@@ -81,11 +81,20 @@ problems
         }
         assert!(!e.contains("panicked"), "{e}");
     };
-    refused("notlp", &["dummy is a kernel module but not a live patch", "hint:"]);
+    refused(
+        "notlp",
+        &["dummy is a kernel module but not a live patch", "hint:"],
+    );
     assert_eq!(r.value("STATE notlp"), empty);
     refused(
         "release",
-        &[&format!("built for kernel {other}, but the running kernel is {}", lab.release), "hint:"],
+        &[
+            &format!(
+                "built for kernel {other}, but the running kernel is {}",
+                lab.release
+            ),
+            "hint:",
+        ],
     );
     assert_eq!(r.value("STATE release"), empty);
     refused("junk", &["not a kernel module (not an ELF object"]);
@@ -95,15 +104,27 @@ problems
     assert_eq!(r.rc("first"), 0, "{dump}");
     let loaded = r.value("STATE first");
     assert_eq!(loaded, "livepatch_ops_bad | livepatch_ops_bad");
-    refused("again", &["live patch livepatch_ops_bad is already loaded", "hint: unload it first"]);
+    refused(
+        "again",
+        &[
+            "live patch livepatch_ops_bad is already loaded",
+            "hint: unload it first",
+        ],
+    );
     assert_eq!(r.value("STATE again"), loaded);
     refused("user", &["graft load needs root", "hint: run it with sudo"]);
     refused("user-unload", &["graft unload needs root"]);
     assert_eq!(r.value("STATE user"), loaded);
-    assert!(r.value("CMDLINE1").ends_with(" graft_B"), "the patch stopped working: {dump}");
+    assert!(
+        r.value("CMDLINE1").ends_with(" graft_B"),
+        "the patch stopped working: {dump}"
+    );
     assert_eq!(r.rc("unload"), 0, "{dump}");
 
-    refused("nolp", &["this kernel has no livepatch support", "CONFIG_LIVEPATCH"]);
+    refused(
+        "nolp",
+        &["this kernel has no livepatch support", "CONFIG_LIVEPATCH"],
+    );
     assert_eq!(r.value("STATE nolp"), empty);
     refused("unknown", &["no live patch named livepatch_nope is loaded"]);
     r.assert_no_kernel_problems();

@@ -99,7 +99,10 @@ problems
     assert_eq!(la["outcome"]["result"], "loaded", "{la}");
     assert_eq!(la["outcome"]["replaced"], json!([]));
     assert_eq!(r.value("CMDLINE-A"), format!("{cmdline0} graft_A"));
-    assert!(r.value("VERSION-A").starts_with("graft_A Linux version"), "{dump}");
+    assert!(
+        r.value("VERSION-A").starts_with("graft_A Linux version"),
+        "{dump}"
+    );
     let info = r.json("infoA");
     let funcs: Vec<&str> = info["module"]["graft"]["functions"]
         .as_array()
@@ -122,19 +125,39 @@ problems
     assert_eq!(live, ["cmdline_proc_show,1", "version_proc_show,1"]);
     assert_eq!(info["loaded"]["objects"][0]["patched"], true);
     let human = r.out("infoA-human");
-    assert!(human.contains("functions: vmlinux:cmdline_proc_show,0 vmlinux:version_proc_show,0"), "{human}");
-    let sha = info["module"]["graft"]["patch_sha256"].as_str().unwrap().to_owned();
-    assert_eq!(sha, sha256_hex(&std::fs::read(repo_file("tests/patches/ops-a.patch")).unwrap()));
+    assert!(
+        human.contains("functions: vmlinux:cmdline_proc_show,0 vmlinux:version_proc_show,0"),
+        "{human}"
+    );
+    let sha = info["module"]["graft"]["patch_sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        sha,
+        sha256_hex(&std::fs::read(repo_file("tests/patches/ops-a.patch")).unwrap())
+    );
 
     // B replaces A: cmdline A→B, version back to the original; A's module gone.
     assert_eq!(r.rc("loadB"), 0, "{dump}");
     let lb = r.json("loadB");
-    assert_eq!(lb["outcome"]["replaced"], json!(["livepatch_ops_a"]), "{lb}");
+    assert_eq!(
+        lb["outcome"]["replaced"],
+        json!(["livepatch_ops_a"]),
+        "{lb}"
+    );
     let hand: Vec<String> = lb["outcome"]["handover"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| format!("{} {} {}", h["function"]["name"].as_str().unwrap(), h["from"], h["to"]))
+        .map(|h| {
+            format!(
+                "{} {} {}",
+                h["function"]["name"].as_str().unwrap(),
+                h["from"],
+                h["to"]
+            )
+        })
         .collect();
     assert_eq!(
         hand,
@@ -147,15 +170,24 @@ problems
     assert_eq!(r.value("VERSION-B"), version0);
     let state_b = r.value("STATE B");
     assert!(state_b.starts_with("livepatch_ops_b |"), "{state_b}");
-    assert!(!state_b.contains("livepatch_ops_a"), "A's module is still loaded: {state_b}");
+    assert!(
+        !state_b.contains("livepatch_ops_a"),
+        "A's module is still loaded: {state_b}"
+    );
 
     // C stacks on B.
     assert_eq!(r.rc("loadC"), 0, "{dump}");
     let lc = r.json("loadC");
     assert_eq!(lc["outcome"]["replaced"], json!([]));
-    assert_eq!(lc["outcome"]["handover"][0]["from"], serde_json::Value::Null);
+    assert_eq!(
+        lc["outcome"]["handover"][0]["from"],
+        serde_json::Value::Null
+    );
     assert_eq!(r.value("CMDLINE-C"), format!("{cmdline0} graft_B"));
-    assert!(r.value("VERSION-C").starts_with("graft_C Linux version"), "{dump}");
+    assert!(
+        r.value("VERSION-C").starts_with("graft_C Linux version"),
+        "{dump}"
+    );
     let list = r.json("listC");
     let names: Vec<&str> = list["patches"]
         .as_array()
@@ -180,11 +212,21 @@ problems
     for t in ["installA", "installB", "installC", "installZ"] {
         assert_eq!(r.rc(t), 0, "{t}: {dump}");
     }
-    assert!(r.out("installZ").contains(&format!("not for the running kernel ({})", lab.release)));
-    assert_eq!(r.value("UNIT"), "ExecStart=/usr/local/bin/graft load --installed");
+    assert!(r
+        .out("installZ")
+        .contains(&format!("not for the running kernel ({})", lab.release)));
+    assert_eq!(
+        r.value("UNIT"),
+        "ExecStart=/usr/local/bin/graft load --installed"
+    );
     assert_eq!(r.value("WANTS"), "/etc/systemd/system/graft.service");
     let listed = r.out("listInstalled");
-    assert!(listed.contains(&format!("livepatch_ops_a for {other} (cumulative) — not the running kernel")), "{listed}");
+    assert!(
+        listed.contains(&format!(
+            "livepatch_ops_a for {other} (cumulative) — not the running kernel"
+        )),
+        "{listed}"
+    );
     assert_eq!(r.rc("boot"), 0, "{dump}");
     let boot_err = r.err("boot").join("\n");
     assert!(
@@ -192,14 +234,24 @@ problems
         "{boot_err}"
     );
     assert!(
-        boot_err.contains(&format!("SKIPPING livepatch_ops_a ({}): superseded by the cumulative patch livepatch_ops_b", lab.release)),
+        boot_err.contains(&format!(
+            "SKIPPING livepatch_ops_a ({}): superseded by the cumulative patch livepatch_ops_b",
+            lab.release
+        )),
         "{boot_err}"
     );
     assert_eq!(r.value("CMDLINE-BOOT"), format!("{cmdline0} graft_B"));
     assert!(r.value("VERSION-BOOT").starts_with("graft_C Linux version"));
-    assert!(r.value("STATE Boot").starts_with("livepatch_ops_b livepatch_ops_c |"), "{dump}");
+    assert!(
+        r.value("STATE Boot")
+            .starts_with("livepatch_ops_b livepatch_ops_c |"),
+        "{dump}"
+    );
     assert_eq!(r.rc("bootAgain"), 0, "{dump}");
-    assert!(r.err("bootAgain").join("\n").contains("livepatch_ops_b is already loaded"));
+    assert!(r
+        .err("bootAgain")
+        .join("\n")
+        .contains("livepatch_ops_b is already loaded"));
     assert_eq!(r.rc("unloadC2"), 0, "{dump}");
     assert_eq!(r.rc("unloadB2"), 0, "{dump}");
     for n in ["ops-a", "ops-b", "ops-c"] {

@@ -23,7 +23,13 @@ use ops::*;
 fn stalled_transitions_are_reversed_and_named() {
     let lab = lab();
     let out = tempfile::tempdir().unwrap();
-    let ko = build_module(&lab, "ops-stall-ksys-read.patch", "ops-stall", out.path(), &[]);
+    let ko = build_module(
+        &lab,
+        "ops-stall-ksys-read.patch",
+        "ops-stall",
+        out.path(),
+        &[],
+    );
     let script = format!(
         r#"{PRELUDE}
 # 7777-byte reads: EXDEV under the patch, data without it.
@@ -98,7 +104,8 @@ problems
     assert_eq!(blockers[0]["kthread"], false);
     let e = r.error_line("stall");
     assert!(
-        e.contains(&format!("cat (pid {reader}) sleeps in ksys_read")) && e.contains("graft reversed it and removed the module"),
+        e.contains(&format!("cat (pid {reader}) sleeps in ksys_read"))
+            && e.contains("graft reversed it and removed the module"),
         "{e}"
     );
     assert_eq!(r.value("STATE stall"), before);
@@ -107,18 +114,32 @@ problems
     // Human output names the blocker while waiting.
     assert_eq!(r.rc("stall-human"), 4, "{dump}");
     let err = r.err("stall-human").join("\n");
-    assert!(err.contains(&format!("after 1.")) && err.contains(&format!("cat (pid {reader}) sleeps in ksys_read, a function the patch changes")), "{err}");
+    assert!(
+        err.contains("after 1.")
+            && err.contains(&format!(
+                "cat (pid {reader}) sleeps in ksys_read, a function the patch changes"
+            )),
+        "{err}"
+    );
 
     // Interrupted: reversed too.
     assert_eq!(r.rc("int"), 4, "{dump}");
-    assert!(r.error_line("int").contains("the patching transition was interrupted"), "{dump}");
+    assert!(
+        r.error_line("int")
+            .contains("the patching transition was interrupted"),
+        "{dump}"
+    );
     assert_eq!(r.value("STATE int"), before);
     assert_eq!(r.value("PROBE int"), "0+1 records in");
 
     // Without the reader it loads, and the probe sees the patch.
     assert_eq!(r.rc("load"), 0, "{dump}");
     assert_eq!(r.json("load")["outcome"]["result"], "loaded");
-    assert!(r.value("PROBE loaded").contains("Invalid cross-device link"), "{dump}");
+    assert!(
+        r.value("PROBE loaded")
+            .contains("Invalid cross-device link"),
+        "{dump}"
+    );
 
     // Unload stalls on a reader in the new code: reversed, still patched.
     let stack2 = r.value("READER2-STACK");
@@ -129,8 +150,12 @@ problems
     let u = r.json("unload-stall");
     assert_eq!(u["result"], "reverted", "{u}");
     assert_eq!(u["blockers"][0]["function"], "ksys_read");
-    assert!(r.value("STATE unload-stall").starts_with("livepatch_ops_stall |"));
-    assert!(r.value("PROBE unload-stall").contains("Invalid cross-device link"));
+    assert!(r
+        .value("STATE unload-stall")
+        .starts_with("livepatch_ops_stall |"));
+    assert!(r
+        .value("PROBE unload-stall")
+        .contains("Invalid cross-device link"));
     assert_eq!(r.rc("unload"), 0, "{dump}");
     assert_eq!(r.value("STATE end"), before);
     assert_eq!(r.value("PROBE end"), "0+1 records in");

@@ -17,10 +17,19 @@ pub const GUEST_DIR: &str = "/m";
 /// Builds `tests/patches/<patch>` as patch `name` into `out`; panics with
 /// graft's message on failure.
 pub fn build_module(lab: &Lab, patch: &str, name: &str, out: &Path, extra: &[&str]) -> PathBuf {
-    let mut args = build_args(lab, &repo_file(&format!("tests/patches/{patch}")), name, out);
+    let mut args = build_args(
+        lab,
+        &repo_file(&format!("tests/patches/{patch}")),
+        name,
+        out,
+    );
     args.extend(extra.iter().map(|s| s.into()));
     let o = graft(&args);
-    assert!(o.status.success(), "graft build {patch} failed:\n{}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "graft build {patch} failed:\n{}",
+        stderr(&o)
+    );
     let ko = out.join(format!("livepatch-{name}.ko"));
     assert!(ko.is_file());
     ko
@@ -212,4 +221,68 @@ pub fn storm_binary(out: &Path) -> PathBuf {
         String::from_utf8_lossy(&o.stderr)
     );
     bin
+}
+
+/// The guest script: start the getpid storm, then `cycles` × (load,
+/// unload) of /m/livepatch-ops-storm.ko, each reporting its JSON.
+pub fn storm_script(cycles: usize) -> String {
+    format!(
+        r#"
+rm -f /tmp/storm-stop
+getpid-storm 8 3600 > /tmp/storm.out &
+storm=$!
+sleep 2
+i=1
+while [ $i -le {cycles} ]; do
+  run load$i graft --json load --timeout 120 /m/livepatch-ops-storm.ko
+  echo "PATCHED$i: $(cat /proc/cmdline)"
+  run unload$i graft --json unload --timeout 120 livepatch_ops_storm
+  i=$((i+1))
+done
+touch /tmp/storm-stop
+wait $storm
+echo "STORM-RC: $?"
+echo "STORM: $(cat /tmp/storm.out)"
+state end
+problems
+"#
+    )
+}
+
+/// Seconds to transition complete of each load and unload, asserting each
+/// one completed.
+pub fn transition_times(r: &Report<'_>, cycles: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut loads = Vec::new();
+    let mut unloads = Vec::new();
+    for i in 1..=cycles {
+        assert_eq!(r.rc(&format!("load{i}")), 0, "load {i}: {}", r.dump());
+        let cmdline = r.value(&format!("PATCHED{i}"));
+        assert!(
+            cmdline.ends_with(" graft_B"),
+            "load {i} did not take effect: {cmdline}"
+        );
+        let l = r.json(&format!("load{i}"));
+        assert_eq!(l["outcome"]["result"], "loaded", "load {i}: {l}");
+        loads.push(l["outcome"]["seconds"].as_f64().unwrap());
+        assert_eq!(r.rc(&format!("unload{i}")), 0, "unload {i}: {}", r.dump());
+        let u = r.json(&format!("unload{i}"));
+        assert_eq!(u["result"], "unloaded", "unload {i}: {u}");
+        unloads.push(u["seconds"].as_f64().unwrap());
+    }
+    (loads, unloads)
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+pub fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NAN, f64::max)
 }
