@@ -380,13 +380,16 @@ fn external_name(
     Ok(sym_name(VMLINUX, name, sympos))
 }
 
-/// Read-only data (string constants such as `__func__.42`, const tables) is
-/// carried as a copy: it cannot change at run time, and a copy spares a
-/// fragile reference to a compiler-numbered local in the running kernel.
+/// Compiler-made read-only data (`__func__.42`, `__UNIQUE_ID_…`) is carried
+/// as a copy: it cannot change at run time, and a copy spares a fragile
+/// reference to a compiler-numbered local in the running kernel. Named
+/// constants are not copied: code may compare their addresses
+/// (`f_op == &proc_fops`), so they stay the kernel's own.
 fn is_constant(obj: &Object, sym: SymbolId) -> bool {
     const SHF_WRITE: u64 = 1;
     let s = obj.symbol(sym);
     s.kind == SymKind::Object
+        && (graft_diff::names::family(&s.name).numbered || s.name.starts_with("__func__"))
         && s.section.is_some_and(|sec| {
             let sec = obj.section(sec);
             sec.is_alloc()

@@ -401,10 +401,11 @@ fn to_verify(
     patched: &Object,
     d: &graft_diff::ObjectDiff,
 ) -> Vec<graft_elf::SymbolId> {
-    let mut names: Vec<&str> = d
+    // Twins, not names: a renumbered clone is found under its original name.
+    let mut ids: Vec<graft_elf::SymbolId> = d
         .changed_functions()
         .filter(|c| !graft_diff::rules::is_part(&c.name))
-        .map(|c| c.name.as_str())
+        .filter_map(|c| c.twin)
         .collect();
     for c in d.included_functions() {
         for r in &patched.section(c.section_id).relocs {
@@ -414,22 +415,23 @@ fn to_verify(
                     patched.symbol_covering(sec, off + graft_diff::compare::pcrel_bias(r.r_type))
                 }
             };
-            if let Some(t) = target {
-                let same = d
-                    .functions
-                    .iter()
-                    .any(|f| f.symbol == t.id && f.verdict == Verdict::Same);
-                if same && !graft_diff::rules::is_part(&t.name) && !names.contains(&t.name.as_str())
-                {
-                    names.push(&t.name);
-                }
+            let Some(t) = target else { continue };
+            let twin = d
+                .functions
+                .iter()
+                .find(|f| f.symbol == t.id && f.verdict == Verdict::Same)
+                .and_then(|f| f.twin);
+            let Some(o) = twin else { continue };
+            // A weak definition that is only called may be overridden in the
+            // target (the call then reaches the override, by name): nothing
+            // of it to verify.
+            let weak = orig.symbol(o).binding == graft_elf::Binding::Weak;
+            if !weak && !graft_diff::rules::is_part(&t.name) && !ids.contains(&o) {
+                ids.push(o);
             }
         }
     }
-    orig.functions()
-        .filter(|f| names.contains(&f.name.as_str()))
-        .map(|f| f.id)
-        .collect()
+    ids
 }
 
 /// A file whose functions the target kernel does not have is not built into it.

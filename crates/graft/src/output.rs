@@ -19,9 +19,19 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     if let Some(c) = e.downcast_ref::<crate::opsui::Coded>() {
         return c.code;
     }
-    if e.chain()
-        .any(|c| c.downcast_ref::<graft_diff::DiffError>().is_some())
-    {
+    // Refusals: what graft will not make into a live patch. Everything else
+    // (missing files, a build that is not the target's…) is an error.
+    let refused = |c: &(dyn std::error::Error + 'static)| {
+        c.downcast_ref::<graft_diff::DiffError>().is_some()
+            || matches!(
+                c.downcast_ref::<graft_klp::KlpError>(),
+                Some(
+                    graft_klp::KlpError::Unsupported { .. }
+                        | graft_klp::KlpError::UnsupportedSpecialSection { .. }
+                )
+            )
+    };
+    if e.chain().any(refused) {
         exit::REFUSED
     } else {
         exit::ERROR
