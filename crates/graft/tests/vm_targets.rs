@@ -91,9 +91,10 @@ fn patch_to_a_module_works_loaded_after_and_before() {
     let lab = lab();
     let out = tempfile::tempdir().unwrap();
     let (ko, summary) = build_ok(&lab, "binfmt-misc.patch", "binfmt", out.path());
+    // The cold part travels with its parent.
     assert_eq!(
         summary["files"][0]["changed"],
-        serde_json::json!(["bm_status_read"])
+        serde_json::json!(["bm_status_read", "bm_status_read.cold"])
     );
     let module = Object::read(&ko).unwrap();
     assert!(
