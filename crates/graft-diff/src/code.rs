@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use graft_elf::{Object, Reloc, RelocTarget, Section, SectionId};
-use iced_x86::{Decoder, DecoderOptions, Instruction};
+use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind};
 
 const R_X86_64_PC32: u32 = 2;
 const R_X86_64_PLT32: u32 = 4;
@@ -46,6 +46,26 @@ impl CodeMap {
         let i = v.partition_point(|&(start, _)| start <= offset);
         let (start, end) = *v.get(i.checked_sub(1)?)?;
         (offset < end).then_some((start, end))
+    }
+
+    /// Whether the relocation at `offset` of code section `sec` is the
+    /// target of a direct call or jump (`call f`, `jmp f` as a tail call,
+    /// `jcc f`), as opposed to an address taken (`lea f(%rip)`, `mov $f`):
+    /// only a direct branch transfers control without the address escaping.
+    pub fn is_direct_branch(&self, obj: &Object, sec: SectionId, offset: u64) -> bool {
+        let Some((start, _)) = self.insn_at(sec, offset) else {
+            return false;
+        };
+        let Some(tail) = obj.section(sec).data.get(start as usize..) else {
+            return false;
+        };
+        let insn = Decoder::with_ip(64, tail, start, DecoderOptions::NONE).decode();
+        // Only direct branches (call, jmp, jcc) have a near-branch operand.
+        !insn.is_invalid()
+            && matches!(
+                insn.op0_kind(),
+                OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+            )
     }
 
     /// Distance from a relocated field to the place its value is relative to.

@@ -5,16 +5,20 @@
 //!
 //! Passes, in order: [`correlate`] (twins: by name, by normalized name, by
 //! users) → [`compare`] (code, data and the table entries describing code,
-//! relocation-aware, modulo `__LINE__` fields) → promotion (code that reads
-//! a changed constant, and cold parts, change with it) → [`rules`]
-//! (refusals). The kernel's entry layouts come from [`layout`]; the section
-//! roles from [`special`]. See `docs/differ.md`.
+//! relocation-aware, modulo `__LINE__` fields) → the author's [`markers`]
+//! (ignored functions and sections count as the same) → promotion (code
+//! that reads a changed constant, and cold parts, change with it; hookless
+//! changed callees are carried as new and their callers patched,
+//! [`callees`]) → [`rules`] (refusals). The kernel's entry layouts come from
+//! [`layout`]; the section roles from [`special`]. See `docs/differ.md`.
 
+pub mod callees;
 pub mod code;
 pub mod compare;
 pub mod correlate;
 pub mod crc;
 pub mod layout;
+pub mod markers;
 pub mod names;
 pub mod rules;
 pub mod special;
@@ -27,6 +31,7 @@ use serde::Serialize;
 pub use correlate::Strategy;
 pub use crc::Crcs;
 pub use layout::Layout;
+pub use markers::Markers;
 pub use names::Hidden;
 pub use rules::{Refusal, Rule};
 
@@ -73,6 +78,11 @@ pub struct Change {
     pub note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_insn: Option<InsnDiff>,
+    /// Marked by the patch author (`GRAFT_IGNORE_FUNCTION`/`_SECTION`):
+    /// the running kernel's stays, whatever changed. An ignored symbol
+    /// that changed is `Same` with its `reason` kept.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ignored: bool,
     #[serde(skip)]
     pub symbol: SymbolId,
     #[serde(skip)]
@@ -93,6 +103,10 @@ pub struct ObjectDiff {
     pub removed: Vec<String>,
     /// The patched object's tables about code, cut into entries.
     pub tables: Vec<special::TableEntries>,
+    /// What the patch author's `.graft.*` records say (callbacks, states,
+    /// ignore markers).
+    #[serde(skip_serializing_if = "Markers::is_empty")]
+    pub markers: Markers,
     pub refusals: Vec<Refusal>,
     /// The entry layouts the diff was made with (for rebuilding tables).
     #[serde(skip)]
@@ -132,6 +146,14 @@ impl ObjectDiff {
     pub fn is_empty(&self) -> bool {
         self.included_functions().next().is_none()
             && self.data.iter().all(|c| c.verdict == Verdict::Same)
+    }
+
+    /// Functions that changed but that the author's markers leave out.
+    pub fn ignored_changes(&self) -> impl Iterator<Item = &Change> {
+        self.functions
+            .iter()
+            .chain(&self.data)
+            .filter(|c| c.ignored && c.reason.is_some())
     }
 }
 
@@ -203,6 +225,7 @@ pub fn analyze(orig: &Object, patched: &Object, opts: &Options<'_>) -> ObjectDif
         data: Vec::new(),
         removed: Vec::new(),
         tables: ctx.patched.tables.clone(),
+        markers: Markers::default(),
         refusals: Vec::new(),
         layout: layout.clone(),
     };
@@ -224,9 +247,107 @@ pub fn analyze(orig: &Object, patched: &Object, opts: &Options<'_>) -> ObjectDif
         .filter(|o| !paired.contains(o))
         .map(|o| orig.symbol(o).name.clone())
         .collect();
-    promote(&ctx, &mut out);
-    out.refusals = rules::check(&ctx, &out, opts);
+    let (markers, bad) = markers::read(patched);
+    let mut marker_refusals: Vec<Refusal> = bad
+        .into_iter()
+        .map(|b| Refusal {
+            object: out.object.clone(),
+            symbol: b.symbol,
+            rule: Rule::Marker {
+                section: b.section,
+                why: b.why,
+            },
+        })
+        .collect();
+    let ignored = ignore(patched, &mut out, &markers, &mut marker_refusals);
+    out.markers = markers;
+    promote_constants(&ctx, &mut out, &ignored);
+    promote_parts(&mut out, &ignored);
+    let blocked = callees::promote(&ctx, &mut out, &ignored, opts.module.is_some());
+    promote_parts(&mut out, &ignored);
+    out.refusals = rules::check(&ctx, &out, opts, &blocked);
+    out.refusals.extend(marker_refusals);
     out
+}
+
+/// Applies the author's ignore markers: a changed function or data object
+/// they name counts as the same (the running kernel's stays), and so do
+/// its cold parts. Returns every ignored symbol, for the promotions to
+/// leave alone.
+fn ignore(
+    patched: &Object,
+    out: &mut ObjectDiff,
+    m: &Markers,
+    refusals: &mut Vec<Refusal>,
+) -> BTreeSet<SymbolId> {
+    let mut set: BTreeSet<SymbolId> = BTreeSet::new();
+    let mut why: HashMap<SymbolId, String> = HashMap::new();
+    for f in &m.ignored_functions {
+        set.insert(f.symbol);
+        why.insert(f.symbol, "GRAFT_IGNORE_FUNCTION".into());
+        if out
+            .functions
+            .iter()
+            .any(|c| c.symbol == f.symbol && c.verdict == Verdict::New)
+        {
+            refusals.push(Refusal {
+                object: out.object.clone(),
+                symbol: f.function.clone(),
+                rule: Rule::Marker {
+                    section: ".graft.ignore.functions".into(),
+                    why: format!("{} is new: the running kernel has no {} to keep, and code of the patch that calls it needs it; hint: remove the GRAFT_IGNORE_FUNCTION marker", f.function, f.function),
+                },
+            });
+        }
+        // Its cold parts go with it.
+        for p in patched.functions() {
+            if names::parent_of_part(&p.name) == Some(f.function.as_str()) {
+                set.insert(p.id);
+                why.insert(p.id, "GRAFT_IGNORE_FUNCTION".into());
+            }
+        }
+    }
+    for name in &m.ignored_sections {
+        let secs: Vec<_> = patched
+            .sections
+            .iter()
+            .filter(|s| s.name == *name)
+            .collect();
+        if secs.is_empty() {
+            refusals.push(Refusal {
+                object: out.object.clone(),
+                symbol: String::new(),
+                rule: Rule::Marker {
+                    section: ".graft.ignore.sections".into(),
+                    why: format!("the file has no section {name}; hint: name a section of this file's object (with -ffunction-sections, function foo is in .text.foo)"),
+                },
+            });
+        }
+        for s in secs {
+            for sym in patched.symbols_in(s.id) {
+                if matches!(sym.kind, SymKind::Func | SymKind::Object) {
+                    set.insert(sym.id);
+                    why.insert(sym.id, format!("GRAFT_IGNORE_SECTION(\"{name}\")"));
+                }
+            }
+        }
+    }
+    for c in out.functions.iter_mut().chain(out.data.iter_mut()) {
+        if !set.contains(&c.symbol) || c.verdict == Verdict::New {
+            continue;
+        }
+        c.ignored = true;
+        if let Verdict::Changed { .. } = c.verdict {
+            // The reason stays: it changed, and the author chose to keep
+            // the running kernel's.
+            let marker = why.get(&c.symbol).map_or("a marker", String::as_str);
+            c.note = Some(format!(
+                "changed, but left out by {marker}: the running kernel's stays"
+            ));
+            c.verdict = Verdict::Same;
+        }
+    }
+    set
 }
 
 fn verdict(ctx: &Ctx<'_>, p: SymbolId) -> Change {
@@ -244,6 +365,7 @@ fn verdict(ctx: &Ctx<'_>, p: SymbolId) -> Change {
         reason: None,
         note: None,
         first_insn: None,
+        ignored: false,
         symbol: p,
         section_id,
         twin,
@@ -314,10 +436,9 @@ fn first_insn(ctx: &Ctx<'_>, o: SymbolId, p: SymbolId, offset: u64) -> Option<In
     })
 }
 
-/// Changes that follow from others: code reading a changed constant is
-/// changed (it would read the old value otherwise), a cold part and its
-/// parent are carried together.
-fn promote(ctx: &Ctx<'_>, out: &mut ObjectDiff) {
+/// Code reading a changed constant is changed (it would read the old value
+/// otherwise), unless the author marked it ignored.
+fn promote_constants(ctx: &Ctx<'_>, out: &mut ObjectDiff, ignored: &BTreeSet<SymbolId>) {
     let patched = ctx.patched.obj;
     let refs = correlate::references(patched, &ctx.patched.code);
     let mut users: HashMap<SymbolId, Vec<SymbolId>> = HashMap::new();
@@ -357,7 +478,7 @@ fn promote(ctx: &Ctx<'_>, out: &mut ObjectDiff) {
             };
             // Writable data pointing to a changed constant cannot follow it:
             // the constant-in-data rule refuses that.
-            if c.verdict == Verdict::Same && !writable(u) {
+            if c.verdict == Verdict::Same && !writable(u) && !ignored.contains(&u) {
                 c.verdict = Verdict::Changed { offset: 0 };
                 c.reason = Some(format!("it reads the changed constant {kname}"));
                 if patched.symbol(u).kind == SymKind::Object && !writable(u) && seen.insert(u) {
@@ -366,7 +487,10 @@ fn promote(ctx: &Ctx<'_>, out: &mut ObjectDiff) {
             }
         }
     }
-    // Cold parts travel with their parents, both ways.
+}
+
+/// Cold parts travel with their parents, both ways (ignored ones stay).
+fn promote_parts(out: &mut ObjectDiff, ignored: &BTreeSet<SymbolId>) {
     loop {
         let mut changed = false;
         let included: BTreeSet<String> = out
@@ -376,7 +500,7 @@ fn promote(ctx: &Ctx<'_>, out: &mut ObjectDiff) {
             .map(|c| c.name.clone())
             .collect();
         for c in out.functions.iter_mut() {
-            if c.verdict != Verdict::Same {
+            if c.verdict != Verdict::Same || ignored.contains(&c.symbol) {
                 continue;
             }
             if let Some(parent) = names::parent_of_part(&c.name) {

@@ -1,12 +1,13 @@
 //! What a live patch cannot carry. Each refusal names the object, the
 //! symbol and the rule, and says what to do instead.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
-use graft_elf::SymbolId;
+use graft_elf::{Object, SymbolId};
 use serde::Serialize;
 
+use crate::callees::Blocked;
 use crate::code::Target;
 use crate::compare::Ctx;
 use crate::names::Hidden;
@@ -25,8 +26,9 @@ pub struct Refusal {
 pub enum Rule {
     /// A changed or new function (or data) in `.init.*`/`.exit.*`.
     InitCode { section: String },
-    /// A changed function that ftrace cannot redirect.
-    NoFentry,
+    /// A changed function that ftrace cannot redirect, and that graft
+    /// cannot patch through its callers either (see [`crate::callees`]).
+    NoFentry { why: String, hint: String },
     /// A changed initial value or size of existing writable data.
     DataChanged {
         section: String,
@@ -54,6 +56,8 @@ pub enum Rule {
     UnknownSection { section: String },
     /// A table about patched code that graft cannot cut into entries.
     UnreadableTable { section: String, why: String },
+    /// A `.graft.*` record (callback, state, ignore marker) graft cannot use.
+    Marker { section: String, why: String },
 }
 
 impl fmt::Display for Refusal {
@@ -64,9 +68,9 @@ impl fmt::Display for Refusal {
                 f,
                 "{o}: {s} (in {section}) changed [rule: init-code]: __init/__exit code has run and been freed, it cannot be live patched; hint: patch the code that runs after boot, or make the change take effect in a post-patch callback"
             ),
-            Rule::NoFentry => write!(
+            Rule::NoFentry { why, hint } => write!(
                 f,
-                "{o}: {s} changed but has no __fentry__ call [rule: no-fentry] (notrace, noinstr, or not built with -mfentry), so livepatch cannot redirect it; hint: patch its callers instead"
+                "{o}: {s} changed but has no __fentry__ call [rule: no-fentry] (inline, notrace, noinstr, or not built with -mfentry), so livepatch cannot redirect it, and graft cannot patch its callers instead: {why}; hint: {hint}"
             ),
             Rule::DataChanged { section, old_size, new_size } => {
                 let size = if old_size != new_size {
@@ -108,6 +112,14 @@ impl fmt::Display for Refusal {
                 f,
                 "{o}: {s} is described by {section}, which graft cannot read [rule: unreadable-table]: {why}"
             ),
+            Rule::Marker { section, why } => {
+                let what = if s.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({s})")
+                };
+                write!(f, "{o}: {section}{what}: {why} [rule: marker]")
+            }
         }
     }
 }
@@ -122,7 +134,14 @@ pub fn is_part(name: &str) -> bool {
     crate::names::parent_of_part(name).is_some()
 }
 
-pub fn check(ctx: &Ctx<'_>, diff: &ObjectDiff, opts: &Options<'_>) -> Vec<Refusal> {
+/// The refusals of `diff`; `blocked` says why each hookless changed
+/// function could not be patched through its callers.
+pub fn check(
+    ctx: &Ctx<'_>,
+    diff: &ObjectDiff,
+    opts: &Options<'_>,
+    blocked: &HashMap<SymbolId, Blocked>,
+) -> Vec<Refusal> {
     let patched = ctx.patched.obj;
     let mut out = Vec::new();
     let refuse = |symbol: &str, rule: Rule| Refusal {
@@ -143,11 +162,22 @@ pub fn check(ctx: &Ctx<'_>, diff: &ObjectDiff, opts: &Options<'_>) -> Vec<Refusa
             ));
             continue;
         }
+        // The hook that matters is the running kernel's: livepatch
+        // redirects the old function.
         if matches!(c.verdict, Verdict::Changed { .. })
             && !is_part(&c.name)
-            && !has_fentry(ctx, c.symbol)
+            && c.twin.is_some_and(|o| !has_fentry(ctx.orig.obj, o))
         {
-            out.push(refuse(&c.name, Rule::NoFentry));
+            let (why, hint) = blocked.get(&c.symbol).map_or_else(
+                || {
+                    (
+                        "graft found no way to reach it through its callers".to_owned(),
+                        "make the change in a function with __fentry__".to_owned(),
+                    )
+                },
+                |b| (b.why.clone(), b.hint.clone()),
+            );
+            out.push(refuse(&c.name, Rule::NoFentry { why, hint }));
         }
     }
 
@@ -349,8 +379,7 @@ pub fn check(ctx: &Ctx<'_>, diff: &ObjectDiff, opts: &Options<'_>) -> Vec<Refusa
 }
 
 /// `-mfentry` puts `call __fentry__` first (after `endbr64` on IBT kernels).
-fn has_fentry(ctx: &Ctx<'_>, id: SymbolId) -> bool {
-    let obj = ctx.patched.obj;
+pub fn has_fentry(obj: &Object, id: SymbolId) -> bool {
     let sym = obj.symbol(id);
     let Some(sec) = sym.section else { return false };
     obj.section(sec)

@@ -78,6 +78,10 @@ pub enum Role {
     Registry,
     /// Never part of a loaded kernel (objtool annotations, debug info, notes).
     Drop,
+    /// graft's own records (`.graft.*`, written by `<graft/livepatch.h>`):
+    /// read by [`crate::markers`], never carried, and what they point to is
+    /// not thereby used.
+    Marker,
     /// ELF bookkeeping (symbol and string tables, relocation sections).
     Meta,
 }
@@ -173,6 +177,8 @@ const EXACT: &[(&str, Role)] = &[
 ];
 
 const PREFIX: &[(&str, Role)] = &[
+    // Callbacks, states and ignore markers of the patch author.
+    (crate::markers::PREFIX, Role::Marker),
     // objtool annotations and other link-time-only sections.
     (".discard.", Role::Drop),
     (".debug_", Role::Drop),

@@ -6,6 +6,7 @@
 //! module is built out of tree against the kernel's headers ([`module`]).
 
 pub mod compile;
+pub mod headers;
 pub mod mirror;
 pub mod module;
 pub mod patch;

@@ -22,7 +22,7 @@ use graft_elf::{Object, SectionId, SymKind, SymbolId};
 use graft_target::{Exports, SymbolTable, SymposError};
 
 use crate::special::Filtered;
-use crate::{KlpError, KlpFunc};
+use crate::{KlpCallback, KlpError, KlpFunc};
 
 /// What the target kernel offers a patch module.
 pub struct Resolver<'a> {
@@ -67,6 +67,8 @@ pub struct Plan<'a> {
     pub funcs: Vec<KlpFunc>,
     /// Global aliases that let the stub name each new function.
     pub aliases: Vec<(SymbolId, String)>,
+    /// The callbacks this file declares, named by their aliases.
+    pub callbacks: Vec<KlpCallback>,
     /// The tables about carried code, cut down to their entries.
     pub specials: Vec<Filtered>,
 }
@@ -94,6 +96,7 @@ pub fn plan<'a>(
         targets: BTreeMap::new(),
         funcs: Vec::new(),
         aliases: Vec::new(),
+        callbacks: Vec::new(),
         specials: Vec::new(),
     };
     let object = plan.object_name();
@@ -108,9 +111,12 @@ pub fn plan<'a>(
 
     let mut work: Vec<SectionId> = Vec::new();
     for c in diff.included_functions() {
+        // Aliases (same address) are one function; other functions in the
+        // section are not.
+        let at = patched.symbol(c.symbol).value;
         let shared = patched
             .symbols_in(c.section_id)
-            .any(|s| s.kind == SymKind::Func && s.id != c.symbol);
+            .any(|s| s.kind == SymKind::Func && s.id != c.symbol && s.value != at);
         if shared {
             return Err(KlpError::Unsupported {
                 object,
@@ -205,6 +211,11 @@ pub fn plan<'a>(
             };
             let user = function_at(patched, sec, off);
             let target = match code.target(patched, section, &r) {
+                // What the stub defines (`__graft_patch`, for graft_state())
+                // links inside the module.
+                Ref::Undefined(name, _) if crate::stub::DEFINES.contains(&name.as_str()) => {
+                    Target::External(name, r.addend)
+                }
                 Ref::Undefined(name, _) => Target::External(
                     external_name(resolver, &object, &user, &name, true)?,
                     r.addend,
@@ -286,8 +297,28 @@ pub fn plan<'a>(
 
     plan.specials = crate::special::cut(&plan, diff, &kept)?;
 
+    // Aliases (`__x64_sys_getpid` and `__do_sys_getpid` are one function)
+    // are registered once: two klp_funcs for one address would stack two
+    // ftrace redirections on it. The global name is preferred: it is unique.
+    let mut by_address: BTreeMap<(SectionId, u64), &graft_diff::Change> = BTreeMap::new();
+    for c in diff
+        .included_functions()
+        .filter(|c| !graft_diff::rules::is_part(&c.name))
+    {
+        let key = (c.section_id, patched.symbol(c.symbol).value);
+        let better = |old: &&graft_diff::Change| {
+            patched.symbol(c.symbol).is_global() && !patched.symbol(old.symbol).is_global()
+        };
+        match by_address.get(&key) {
+            Some(old) if !better(old) => {}
+            _ => {
+                by_address.insert(key, c);
+            }
+        }
+    }
+    let registered: BTreeSet<SymbolId> = by_address.values().map(|c| c.symbol).collect();
     for (n, c) in diff.included_functions().enumerate() {
-        if graft_diff::rules::is_part(&c.name) {
+        if graft_diff::rules::is_part(&c.name) || !registered.contains(&c.symbol) {
             continue;
         }
         let alias = format!("__graft_new_{unit}_{n}");
@@ -305,6 +336,36 @@ pub fn plan<'a>(
                 new_symbol: alias,
             });
         }
+    }
+
+    // Callbacks: functions the patch carries, named by their aliases.
+    for cb in &diff.markers.callbacks {
+        let Some((_, alias)) = plan.aliases.iter().find(|(s, _)| *s == cb.symbol) else {
+            return Err(KlpError::Markers {
+                what: format!(
+                    "{object}: the {} callback {} is not code the patch carries (it is the running kernel's, unchanged{})",
+                    cb.kind.field(),
+                    cb.function,
+                    if diff.functions.iter().any(|c| c.symbol == cb.symbol && c.ignored) {
+                        ", and marked ignored"
+                    } else {
+                        ""
+                    }
+                ),
+                hint: format!(
+                    "define the callback in the patch, next to {}(...)",
+                    cb.kind.macro_name()
+                ),
+            });
+        };
+        plan.callbacks.push(KlpCallback {
+            object: (resolver.object != graft_elf::klp::VMLINUX)
+                .then(|| resolver.object.to_owned()),
+            kind: cb.kind,
+            function: cb.function.clone(),
+            file: object.clone(),
+            symbol: alias.clone(),
+        });
     }
     Ok(plan)
 }

@@ -28,6 +28,22 @@ pub struct KlpFunc {
     pub new_symbol: String,
 }
 
+/// A callback the patch declares (`GRAFT_*_CALLBACK`), for the `klp_object`
+/// of the file that declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KlpCallback {
+    /// `None` for vmlinux, else the module.
+    pub object: Option<String>,
+    pub kind: graft_diff::markers::CallbackKind,
+    /// The callback's name in the patched source.
+    pub function: String,
+    /// The file that declares it, for messages.
+    pub file: String,
+    /// The global alias the stub names it by.
+    #[serde(skip)]
+    pub symbol: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KlpError {
     #[error("{object}: {function} references {symbol}, which the target kernel's symbol table does not have; hint: the symbol table is from another kernel, or the symbol was inlined or optimized away there")]
@@ -45,6 +61,8 @@ pub enum KlpError {
     },
     #[error("{object}: {what}")]
     Unsupported { object: String, what: String },
+    #[error("{what} [rule: marker]; hint: {hint}")]
+    Markers { what: String, hint: String },
     #[error("{object}: changed code has entries in {section}, a special section graft does not handle yet; the module would misbehave without them, so it is refused")]
     UnsupportedSpecialSection { object: String, section: String },
     #[error("cannot write the patch object: {0}")]

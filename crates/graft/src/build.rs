@@ -78,6 +78,11 @@ struct Summary {
     files: Vec<FileSummary>,
     /// Functions proven to match the target's code (empty with --no-verify).
     verified: Vec<graft_verify::Match>,
+    /// Callbacks wired into the klp objects, and the klp_states declared.
+    callbacks: Vec<graft_klp::KlpCallback>,
+    states: Vec<graft_diff::markers::State>,
+    /// Things graft accepted but that do not do what they may seem to.
+    warnings: Vec<String>,
     klp_relocations: usize,
     seconds: f64,
 }
@@ -87,6 +92,9 @@ struct FileSummary {
     file: String,
     changed: Vec<String>,
     new: Vec<String>,
+    /// Changed, but left out by the author's ignore markers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ignored: Vec<String>,
 }
 
 pub fn run(a: Args, json: bool) -> Result<()> {
@@ -139,6 +147,8 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
 
     mirror.check(&patch)?;
+    // <graft/livepatch.h> and kpatch's headers, in the copy only.
+    graft_kbuild::headers::install(&mirror.root)?;
 
     steps.step("compiling the original objects");
     let linkage = compile::compile(
@@ -179,6 +189,9 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     let mut verified = Vec::new();
     let mut patch_objects = Vec::new();
     let mut funcs = Vec::new();
+    let mut callbacks = Vec::new();
+    let mut states = Vec::new();
+    let mut warnings = Vec::new();
     let mut files = Vec::new();
     for (unit, (obj, link)) in objects.iter().zip(&linkage).enumerate() {
         // Objects are named by their path in the tree in every message.
@@ -258,14 +271,24 @@ pub fn run(a: Args, json: bool) -> Result<()> {
                 graft_klp::emit::write(&plan, &specials)?,
             ));
             funcs.extend(plan.funcs.iter().cloned());
+            callbacks.extend(plan.callbacks.iter().cloned());
+        }
+        let file = obj.trim_end_matches(".o").to_owned() + ".c";
+        states.extend(d.markers.states.iter().copied());
+        for f in &d.markers.force_unsafe {
+            warnings.push(format!(
+                "{file}: KPATCH_FORCE_UNSAFE({}) has no effect: the kernel's livepatch has no per-function bypass of its consistency model (a task switches only when no patched function is on its stack); if the transition stalls on {}, `graft load --force` forces the whole patch, after which it can never be unloaded",
+                f.function, f.function
+            ));
         }
         files.push(FileSummary {
-            file: obj.trim_end_matches(".o").to_owned() + ".c",
+            file,
             changed,
             new,
+            ignored: d.ignored_changes().map(|c| c.name.clone()).collect(),
         });
     }
-    if funcs.is_empty() {
+    if funcs.is_empty() && callbacks.is_empty() {
         bail!("the patch changes no function of the running kernel (the compiled code is identical); hint: check that the patch is the fix you meant");
     }
 
@@ -277,8 +300,10 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             replace: !a.no_replace,
             description: &format!("graft live patch {}", a.name),
             module_info: &crate::buildinfo::module_info(&a.patch, &headers, &funcs, !a.no_replace)?,
+            callbacks: &callbacks,
+            states: &states,
         },
-    );
+    )?;
     let mdir = work.path().join("module");
     std::fs::create_dir_all(&mdir)?;
     let ko = graft_kbuild::module::build(
@@ -303,9 +328,15 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         replace: !a.no_replace,
         files,
         verified,
+        callbacks,
+        states,
+        warnings,
         klp_relocations,
         seconds: steps.elapsed().as_secs_f64(),
     };
+    for w in &summary.warnings {
+        eprintln!("graft: warning: {w}");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -320,6 +351,20 @@ pub fn run(a: Args, json: bool) -> Result<()> {
                     format!(", new {}", list(&f.new))
                 }
             );
+            if !f.ignored.is_empty() {
+                println!("{}: left out as marked: {}", f.file, list(&f.ignored));
+            }
+        }
+        for cb in &summary.callbacks {
+            println!(
+                "{} callback of {}: {}",
+                cb.kind.field(),
+                cb.object.as_deref().unwrap_or(graft_elf::klp::VMLINUX),
+                cb.function
+            );
+        }
+        for st in &summary.states {
+            println!("klp_state {:#x}, version {}", st.id, st.version);
         }
         if !summary.verified.is_empty() {
             println!(
