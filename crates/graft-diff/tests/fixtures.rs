@@ -8,6 +8,7 @@
 //! new: <symbols whose verdict is new>
 //! removed: <symbols of the original without a twin>
 //! line-only: <same symbols that differ only in __LINE__ fields>
+//! ignored: <changed symbols left out by the author's ignore markers>
 //! refused: <rule>:<symbol> ...                 (exact set of refusals)
 //! paired: <symbol>=<strategy>                  (how a twin was found)
 //! reason: <symbol>=<text the reason contains>
@@ -84,9 +85,10 @@ fn run_case(case: &str) -> Vec<String> {
         .map(|c| base(&c.name))
         .collect();
     let got_line: Vec<String> = all()
-        .filter(|c| c.verdict == Verdict::Same && c.note.is_some())
+        .filter(|c| c.verdict == Verdict::Same && c.note.is_some() && !c.ignored)
         .map(|c| base(&c.name))
         .collect();
+    let got_ignored: Vec<String> = d.ignored_changes().map(|c| base(&c.name)).collect();
     let got_removed: Vec<String> = d.removed.iter().map(|n| base(n)).collect();
     let got_refused: Vec<String> = d
         .refusals
@@ -108,6 +110,7 @@ fn run_case(case: &str) -> Vec<String> {
     check("changed", got_changed);
     check("new", got_new);
     check("line-only", got_line);
+    check("ignored", got_ignored);
     check("removed", got_removed);
     check("refused", got_refused);
     for pair in want.get("paired").into_iter().flatten() {

@@ -111,6 +111,8 @@ impl Kernel {
         let name = out.file_stem().unwrap().to_string_lossy().into_owned();
         let run = Command::new(&self.cc[0])
             .args(&self.cc[1..])
+            // The headers graft installs for patch authors (<graft/livepatch.h>).
+            .arg(format!("-I{}", graft_include().display()))
             .arg(format!("-DKBUILD_MODFILE=\"graft/{name}\""))
             .arg(format!("-DKBUILD_BASENAME=\"{name}\""))
             .arg(format!("-DKBUILD_MODNAME=\"{name}\""))
@@ -207,6 +209,11 @@ impl Kernel {
         keep(&dir.join("patched"), &mirror);
         (dir.join("orig"), dir.join("patched"))
     }
+}
+
+/// The headers graft ships (crates/graft-kbuild/include).
+pub fn graft_include() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../graft-kbuild/include")
 }
 
 pub fn fixtures_dir() -> PathBuf {
