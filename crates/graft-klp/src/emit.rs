@@ -63,7 +63,10 @@ pub fn write(plan: &Plan<'_>, specials: &[Filtered]) -> Result<Vec<u8>, KlpError
         let o = b.symbols.add();
         o.name = s.name.clone().into_bytes().into();
         o.section = Some(out_sec[&home]);
-        o.st_info = object::elf::SymbolInfo((bind_of(s) << 4) | type_of(s.kind));
+        // Local in the module: nothing links to carried code by name (the
+        // stub uses the aliases), and a local name sorts before the global
+        // alias, so stack traces and oopses show the kernel's name.
+        o.st_info = object::elf::SymbolInfo((elf::STB_LOCAL.0 << 4) | type_of(s.kind));
         o.st_other = elf::SymbolOther(s.other);
         o.st_value = s.value;
         o.st_size = s.size;
@@ -211,15 +214,6 @@ fn add_undefined(b: &mut Builder<'_>, name: &str) -> OutSymbol {
     o.name = name.as_bytes().to_vec().into();
     o.set_st_info(elf::STB_GLOBAL, elf::STT_NOTYPE);
     o.id()
-}
-
-fn bind_of(s: &graft_elf::Symbol) -> u8 {
-    match s.binding {
-        graft_elf::Binding::Local => elf::STB_LOCAL.0,
-        graft_elf::Binding::Global => elf::STB_GLOBAL.0,
-        graft_elf::Binding::Weak => elf::STB_WEAK.0,
-        graft_elf::Binding::Other(b) => b,
-    }
 }
 
 fn type_of(k: SymKind) -> u8 {
