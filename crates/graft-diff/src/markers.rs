@@ -211,6 +211,7 @@ pub fn read(obj: &Object) -> (Markers, Vec<BadMarker>) {
             ),
         }
     }
+    m.callbacks.sort_by_key(|c| c.kind);
     m.states.sort();
     m.states.dedup();
     (m, bad)

@@ -363,7 +363,7 @@ pub fn plan<'a>(
                 .then(|| resolver.object.to_owned()),
             kind: cb.kind,
             function: cb.function.clone(),
-            file: object.clone(),
+            file: patched.path.display().to_string(),
             symbol: alias.clone(),
         });
     }
