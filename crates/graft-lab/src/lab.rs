@@ -385,6 +385,25 @@ impl Lab {
         self.dir().join("logs")
     }
 
+    /// The `graft build` arguments that describe this lab's kernel as the
+    /// target and its tree as the source (`--tree`, `--config`, `--symbols`,
+    /// `--headers`, `--image`, `--modules`).
+    pub fn graft_target_args(&self) -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = Vec::new();
+        for (flag, path) in [
+            ("--tree", self.source_tree()),
+            ("--config", self.config()),
+            ("--symbols", self.kallsyms()),
+            ("--headers", self.headers()),
+            ("--image", self.vmlinuz()),
+            ("--modules", self.modules_dir()),
+        ] {
+            v.push(flag.into());
+            v.push(path.into());
+        }
+        v
+    }
+
     /// `make -C <source tree> <make_vars>` with a clean environment, ready for targets.
     pub fn make_command(&self) -> Command {
         make_command(&self.source_tree(), &self.source.make_vars)

@@ -55,7 +55,7 @@ fn directory_that_is_not_a_kernel_tree() {
         "x",
         dir.path(),
     );
-    args[3] = fake.clone().into();
+    set_arg(&mut args, "--tree", fake.clone());
     assert_refused(&args, &fake, "not a kernel source tree");
 }
 
@@ -118,7 +118,7 @@ fn missing_symbol_table() {
         "x",
         dir.path(),
     );
-    args[9] = dir.path().join("no-such-kallsyms").into();
+    set_arg(&mut args, "--symbols", dir.path().join("no-such-kallsyms"));
     assert_refused(&args, &lab.source_tree(), "cannot read the symbol table");
 }
 
@@ -142,7 +142,7 @@ fn target_built_by_another_compiler() {
         "cc",
         dir.path(),
     );
-    args[7] = cfg.into();
+    set_arg(&mut args, "--config", cfg);
     assert_refused(
         &args,
         &lab.source_tree(),

@@ -46,8 +46,8 @@ fn tree_configured_differently_is_refused_naming_function_and_offset() {
         "cfg",
         dir.path(),
     );
-    args[3] = tree.clone().into();
-    args[7] = tree.join(".config").into();
+    set_arg(&mut args, "--tree", tree.clone());
+    set_arg(&mut args, "--config", tree.join(".config"));
     let line = refused(
         args,
         &[
@@ -84,7 +84,7 @@ fn tree_of_another_source_version_is_refused() {
         "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -10 +10 @@\n-\tseq_putc(m, '\\n');\n+\tseq_puts(m, \" graft_was_here\\n\");\n",
     );
     let mut args = build_args(&lab, &p, "ver", dir.path());
-    args[3] = tree.into();
+    set_arg(&mut args, "--tree", tree);
     refused(
         args,
         &["cmdline_proc_show", "the target kernel's code", "hint:"],

@@ -72,15 +72,7 @@ true
     )
     .unwrap_or_else(|e| panic!("VM run failed: {e}"));
     let console = &run.console;
-    let one = |prefix: &str| -> String {
-        let l = run.lines_with_prefix(prefix);
-        assert_eq!(
-            l.len(),
-            1,
-            "expected one {prefix} line; console:\n{console}"
-        );
-        l[0][prefix.len()..].trim().to_owned()
-    };
+    let one = |prefix: &str| line_value(&run, prefix);
     let before = one("BEFORE:");
     let during = one("DURING:");
     let after = one("AFTER:");

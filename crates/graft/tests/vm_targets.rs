@@ -64,11 +64,7 @@ problems
     )
     .unwrap_or_else(|e| panic!("VM run failed: {e}"));
     let c = &run.console;
-    let get = |p: &str| {
-        let l = run.lines_with_prefix(p);
-        assert_eq!(l.len(), 1, "{p}\n{c}");
-        l[0][p.len()..].trim().to_owned()
-    };
+    let get = |p: &str| line_value(&run, p);
     let control = get("CONTROL:");
     assert!(!control.is_empty() && control != "auto", "{c}");
     let before = get("ACTIVE-BEFORE:");
@@ -136,11 +132,7 @@ problems
     )
     .unwrap_or_else(|e| panic!("VM run failed: {e}"));
     let c = &run.console;
-    let get = |p: &str| {
-        let l = run.lines_with_prefix(p);
-        assert_eq!(l.len(), 1, "{p}\n{c}");
-        l[0][p.len()..].trim().to_owned()
-    };
+    let get = |p: &str| line_value(&run, p);
     assert_eq!(get("OBJ-PATCHED-BEFORE-LOAD:"), "0", "{c}");
     assert_eq!(get("OBJ-PATCHED-AFTER-LOAD:"), "1", "{c}");
     assert_eq!(get("STATUS-LOADED-AFTER:"), "enabled (graft)", "{c}");

@@ -42,26 +42,19 @@ pub fn graft_in_repo(args: &[OsString]) -> Output {
 
 /// `graft build PATCH` against the lab's kernel, with `extra` arguments.
 pub fn build_args(lab: &Lab, patch: &Path, name: &str, out: &Path) -> Vec<OsString> {
-    vec![
-        "build".into(),
-        patch.into(),
-        "--tree".into(),
-        lab.source_tree().into(),
-        "--name".into(),
-        name.into(),
-        "--config".into(),
-        lab.config().into(),
-        "--symbols".into(),
-        lab.kallsyms().into(),
-        "--headers".into(),
-        lab.headers().into(),
-        "--image".into(),
-        lab.vmlinuz().into(),
-        "--modules".into(),
-        lab.modules_dir().into(),
-        "--output".into(),
-        out.into(),
-    ]
+    let mut args: Vec<OsString> = vec!["build".into(), patch.into(), "--name".into(), name.into()];
+    args.extend(lab.graft_target_args());
+    args.extend(["--output".into(), out.into()]);
+    args
+}
+
+/// Replaces the value that follows `flag` in `args`.
+pub fn set_arg(args: &mut [OsString], flag: &str, value: impl Into<OsString>) {
+    let i = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+    args[i + 1] = value.into();
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -158,4 +151,17 @@ pub fn replace_file(root: &Path, rel: &str, text: &str) {
     let p = root.join(rel);
     std::fs::remove_file(&p).unwrap();
     std::fs::write(&p, text).unwrap();
+}
+
+/// The rest of the one console line that starts with `prefix`; fails the
+/// test, with the console, unless there is exactly one.
+pub fn line_value(run: &graft_lab::ScenarioOutput, prefix: &str) -> String {
+    let lines = run.lines_with_prefix(prefix);
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one {prefix} line; console:\n{}",
+        run.console
+    );
+    lines[0][prefix.len()..].trim().to_owned()
 }
