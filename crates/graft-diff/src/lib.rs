@@ -295,7 +295,7 @@ fn ignore(
                 symbol: f.function.clone(),
                 rule: Rule::Marker {
                     section: ".graft.ignore.functions".into(),
-                    why: format!("{} is new: the running kernel has no {} to keep, and code of the patch that calls it needs it; hint: remove the GRAFT_IGNORE_FUNCTION marker", f.function, f.function),
+                    why: format!("{0} is new: the running kernel has no {0} to keep (if gcc inlines {0} there, the marker's reference is what made gcc emit it here; mark the functions it is inlined into instead); hint: remove the GRAFT_IGNORE_FUNCTION marker", f.function),
                 },
             });
         }

@@ -28,6 +28,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 Some(
                     graft_klp::KlpError::Unsupported { .. }
                         | graft_klp::KlpError::UnsupportedSpecialSection { .. }
+                        | graft_klp::KlpError::Markers { .. }
                 )
             )
     };

@@ -139,3 +139,34 @@ dmesg | grep -E "WARNING|Oops|BUG:|Call Trace" | sed 's/^/KERNEL-PROBLEM: /'
     );
     assert!(run.lines_with_prefix("KERNEL-PROBLEM:").is_empty(), "{c}");
 }
+
+/// A klp_object holds one callback of each kind: two files of vmlinux that
+/// both declare a post-patch callback are refused (exit 3) with the way out.
+#[test]
+fn two_callbacks_of_one_kind_for_one_object_are_refused() {
+    let lab = lab();
+    let out = tempfile::tempdir().unwrap();
+    let callback = |file: &str, line: usize, context: &str, name: &str| {
+        format!(
+            "--- a/{file}\n+++ b/{file}\n@@ -{line},1 +{line},4 @@\n {context}\n+#include <graft/livepatch.h>\n+static void {name}(struct klp_object *obj) {{ pr_info(\"{name}\\n\"); }}\n+GRAFT_POST_PATCH_CALLBACK({name});\n"
+        )
+    };
+    let text = callback(
+        "fs/proc/cmdline.c",
+        5,
+        "#include <linux/seq_file.h>",
+        "graft_a",
+    ) + &callback("fs/proc/version.c", 8, "#include \"internal.h\"", "graft_b");
+    let patch = patch_file(out.path(), "two.patch", &text);
+    let o = graft(&build_args(&lab, &patch, "two", out.path()));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("two post_patch callbacks for vmlinux: graft_a (fs/proc/cmdline.o) and graft_b (fs/proc/version.o)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("[rule: marker]; hint: keep one and call the other from it"),
+        "{err}"
+    );
+}
