@@ -80,8 +80,11 @@ pub(crate) fn read_opt(path: &Path) -> Result<Option<String>, OpsError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e)
+            // Gone: a file that no longer exists, an exited task (ESRCH), or
+            // a sysfs attribute of a patch being freed right now (ENODEV).
             if e.kind() == std::io::ErrorKind::NotFound
-                || e.raw_os_error() == Some(libc_esrch()) =>
+                || e.raw_os_error() == Some(libc_esrch())
+                || e.raw_os_error() == Some(nix::errno::Errno::ENODEV as i32) =>
         {
             Ok(None)
         }
