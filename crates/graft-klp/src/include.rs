@@ -338,9 +338,16 @@ pub fn plan<'a>(
         }
     }
 
-    // Callbacks: functions the patch carries, named by their aliases.
+    // Callbacks: functions the patch carries, named by their aliases (by
+    // address: gcc may have made the callback an alias of an identical
+    // function, which then holds the stub's alias).
+    let home = |id: SymbolId| (patched.symbol(id).section, patched.symbol(id).value);
     for cb in &diff.markers.callbacks {
-        let Some((_, alias)) = plan.aliases.iter().find(|(s, _)| *s == cb.symbol) else {
+        let Some((_, alias)) = plan
+            .aliases
+            .iter()
+            .find(|(s, _)| home(*s) == home(cb.symbol))
+        else {
             return Err(KlpError::Markers {
                 what: format!(
                     "{object}: the {} callback {} is not code the patch carries (it is the running kernel's, unchanged{})",

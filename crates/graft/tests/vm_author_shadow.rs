@@ -46,6 +46,12 @@ fn shadow_variables_and_callbacks_work_and_a_failing_pre_patch_aborts_the_load()
         vec!["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"],
         "{summary}"
     );
+    // graft's records are read at build time, never carried.
+    let module = graft_elf::Object::read(&shadow).unwrap();
+    assert!(
+        module.sections.iter().all(|s| !s.name.contains(".graft.")),
+        "a .graft.* section reached the module"
+    );
     let (fail, _) = build_ok(&lab, "author-callback-fail.patch", "cbfail", out.path());
     assert_eq!(
         fingerprint(&lab.source_tree()),
