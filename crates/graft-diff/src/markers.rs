@@ -132,6 +132,19 @@ pub fn read(obj: &Object) -> (Markers, Vec<BadMarker>) {
                 why,
             })
         };
+        // Every record graft knows, but the states, is one pointer.
+        let pointer_records = kind.starts_with("callbacks.")
+            || matches!(
+                kind,
+                "ignore.functions" | "ignore.sections" | "force_unsafe"
+            );
+        if pointer_records && s.size % 8 != 0 {
+            fail(
+                "",
+                format!("{} bytes are not a whole number of 8-byte pointer records; hint: write markers only with the macros of <graft/livepatch.h>", s.size),
+            );
+            continue;
+        }
         if let Some(k) = kind.strip_prefix("callbacks.") {
             let Some(kind) = CallbackKind::ALL.into_iter().find(|c| c.field() == k) else {
                 fail(

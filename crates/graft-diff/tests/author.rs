@@ -222,3 +222,22 @@ fn an_ignored_caller_keeps_calling_the_old_callee() {
     assert!(matches!(v("graft_fx_e"), Verdict::Changed { .. }));
     assert_eq!(v("graft_fx_debug"), Verdict::Same);
 }
+
+#[test]
+fn records_graft_cannot_read_are_refused_not_skipped() {
+    let orig = "int graft_fx_a(int x) { return x + 1; }\n";
+    let patched = "int graft_fx_a(int x) { return x + 2; }\nstatic int graft_fx_bogus __used __section(\".graft.bogus\") = 1;\nstatic char graft_fx_short __used __section(\".graft.ignore.functions\") = 1;\n";
+    let d = diff(orig, patched);
+    let m = messages(&d);
+    assert_eq!(d.refusals.len(), 2, "{m}");
+    assert!(
+        m.contains("graft does not know the marker section .graft.bogus"),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            ".graft.ignore.functions: 1 bytes are not a whole number of 8-byte pointer records"
+        ),
+        "{m}"
+    );
+}
