@@ -168,7 +168,10 @@ fn closure(
             });
         }
         let Some(sec) = fs.section else { continue };
-        let (lo, hi) = (fs.value as i64, (fs.value + fs.size.max(1)) as i64);
+        let (lo, hi) = (
+            fs.value as i64,
+            fs.value.saturating_add(fs.size.max(1)) as i64,
+        );
         for (from, r, at) in into.get(&sec).into_iter().flatten() {
             if *at < lo || *at >= hi {
                 continue;
@@ -214,7 +217,7 @@ fn closure(
             if same_function(obj, u, f) {
                 continue; // f's own code, or its cold part's
             }
-            let site = r.offset - obj.symbol(u).value;
+            let site = r.offset.saturating_sub(obj.symbol(u).value);
             if *at != lo || !ctx.patched.code.is_direct_branch(obj, *from, r.offset) {
                 return Err(stored(format!(
                     "its address is taken in {} (+{site:#x})",
@@ -347,6 +350,6 @@ fn table_owner(ctx: &Ctx<'_>, table: SectionId, offset: u64) -> Option<SymbolId>
         .iter()
         .filter(|t| t.id == table)
         .flat_map(|t| &t.entries)
-        .find(|e| offset >= e.offset && offset < e.offset + e.size)
+        .find(|e| offset >= e.offset && offset < e.offset.saturating_add(e.size))
         .and_then(|e| e.owner)
 }

@@ -434,7 +434,9 @@ fn first_insn(ctx: &Ctx<'_>, o: SymbolId, p: SymbolId, offset: u64) -> Option<In
         let at = s.value.checked_add(offset)?;
         let (start, _) = side.code.insn_at(sec, at)?;
         let text = code::disassemble_at(&side.obj.section(sec).data, start)?;
-        Some((start - s.value, text))
+        // A symbol need not start on an instruction boundary (hand-written
+        // or malformed code): the instruction holding it is at offset 0.
+        Some((start.saturating_sub(s.value), text))
     };
     let (po, pt) = side(&ctx.patched, p)?;
     let ot = side(&ctx.orig, o).map_or_else(|| "(past the end)".to_owned(), |x| x.1);
