@@ -112,7 +112,9 @@ impl Section {
     /// Relocations whose field starts in `[start, end)`.
     pub fn relocs_in(&self, start: u64, end: u64) -> &[Reloc] {
         let lo = self.relocs.partition_point(|r| r.offset < start);
-        let hi = self.relocs.partition_point(|r| r.offset < end);
+        // An empty range when `end <= start` (a symbol past its section's
+        // end in a malformed object), never a panic.
+        let hi = self.relocs.partition_point(|r| r.offset < end).max(lo);
         &self.relocs[lo..hi]
     }
 }
