@@ -137,7 +137,9 @@ dmesg | grep -E "WARNING|Oops|BUG:|Call Trace" | sed 's/^/KERNEL-PROBLEM: /'
         .and_then(|r| r.strip_suffix(" shadow variables"))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{c}"));
-    assert!(live >= 2, "the two sleeps at least: {live}\n{c}");
+    // At least the sleep born after the load (tasks that exited may have
+    // had theirs freed when a new task took their address).
+    assert!(live >= 1, "no shadow variable alive: {live}\n{c}");
     assert_eq!(
         ours[3],
         format!("graft-test: post-unpatch freed {live} shadow variables, 0 left"),
