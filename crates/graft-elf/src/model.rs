@@ -342,7 +342,7 @@ impl Object {
         let sym = self.symbol(reloc.symbol);
         match (sym.kind, sym.section) {
             (SymKind::Section, Some(sec)) => {
-                RelocTarget::SectionOffset(sec, sym.value as i64 + reloc.addend)
+                RelocTarget::SectionOffset(sec, (sym.value as i64).wrapping_add(reloc.addend))
             }
             _ => RelocTarget::Symbol(reloc.symbol),
         }
