@@ -264,11 +264,11 @@ impl<'a> Ctx<'a> {
                         .unwrap_or(0);
                     let (lo, hi) = special::piece_range(obj, sec, starts, start);
                     let (bytes, relocs) = self.raw(patched, section, lo, hi, depth + 1);
-                    (RefKey::Piece(bytes, relocs), off - lo as i64)
+                    (RefKey::Piece(bytes, relocs), off.wrapping_sub(lo as i64))
                 } else if let Some(sym) = symbol_at(obj, sec, off) {
                     (
                         RefKey::Symbol(self.identity(patched, sym)),
-                        off - obj.symbol(sym).value as i64,
+                        off.wrapping_sub(obj.symbol(sym).value as i64),
                     )
                 } else {
                     (RefKey::Section(section.name.clone()), off)
