@@ -98,7 +98,10 @@ pub fn normalize(obj: &Object, reloc: &Reloc, base: u64) -> NormReloc {
                     None => (RefKey::Section(section.name.clone()), reloc.addend),
                 }
             } else if let Some(sym) = obj.symbol_covering(sec, off + bias) {
-                (RefKey::Symbol(sym.name.clone()), off - sym.value as i64)
+                (
+                    RefKey::Symbol(sym.name.clone()),
+                    off.wrapping_sub(sym.value as i64),
+                )
             } else {
                 (RefKey::Section(section.name.clone()), off)
             }

@@ -401,7 +401,7 @@ pub fn entries(
                     e.owner = owner_by_func(obj, sec, off, func_field);
                 } else if let Some(f) = function_at(obj, sec, off) {
                     e.owner = Some(f);
-                    e.site = off - obj.symbol(f).value as i64;
+                    e.site = off.wrapping_sub(obj.symbol(f).value as i64);
                 }
             }
         }
