@@ -167,11 +167,7 @@ problems
     )
     .unwrap_or_else(|e| panic!("VM run failed: {e}"));
     let c = &run.console;
-    let get = |p: &str| {
-        let l = run.lines_with_prefix(p);
-        assert_eq!(l.len(), 1, "{p}\n{c}");
-        l[0][p.len()..].trim().to_owned()
-    };
+    let get = |p: &str| line_value(&run, p);
     assert_eq!(run.lines_with_prefix("STEP:"), Vec::<&str>::new(), "{c}");
 
     // kpatch's callbacks, each with its object; the module's run when it

@@ -72,11 +72,7 @@ dmesg | grep -E "WARNING|Oops|BUG:|Call Trace|livepatch: .*(failed|error)" | sed
     )
     .unwrap_or_else(|e| panic!("VM run failed: {e}"));
     let c = &run.console;
-    let get = |p: &str| {
-        let l = run.lines_with_prefix(p);
-        assert_eq!(l.len(), 1, "{p}\n{c}");
-        l[0][p.len()..].trim().to_owned()
-    };
+    let get = |p: &str| line_value(&run, p);
     assert_eq!(run.lines_with_prefix("STEP:"), Vec::<&str>::new(), "{c}");
     // Once by the kernel's flag, once more by the patch's own, never twice.
     assert_eq!(get("WARNED-BEFORE:"), "1", "{c}");

@@ -94,11 +94,7 @@ dmesg | grep -E "WARNING|Oops|BUG:|Call Trace" | sed 's/^/KERNEL-PROBLEM: /'
     )
     .unwrap_or_else(|e| panic!("VM run failed: {e}"));
     let c = &run.console;
-    let get = |p: &str| {
-        let l = run.lines_with_prefix(p);
-        assert_eq!(l.len(), 1, "{p}\n{c}");
-        l[0][p.len()..].trim().to_owned()
-    };
+    let get = |p: &str| line_value(&run, p);
     assert_eq!(run.lines_with_prefix("STEP:"), Vec::<&str>::new(), "{c}");
 
     // The pre-patch callback's -ENODEV: no module, no sysfs, no change.
