@@ -452,26 +452,22 @@ fn to_verify(
         .filter(|c| !graft_diff::rules::is_part(&c.name))
         .filter_map(|c| c.twin)
         .collect();
+    // What carried code reaches, as the differ resolves it (decoded
+    // instruction targets, not assumed addends).
+    let refs = graft_diff::correlate::references(patched, &graft_diff::code::CodeMap::new(patched));
     for c in d.included_functions() {
-        for r in &patched.section(c.section_id).relocs {
-            let target = match patched.reloc_target(r) {
-                graft_elf::RelocTarget::Symbol(id) => Some(patched.symbol(id)),
-                graft_elf::RelocTarget::SectionOffset(sec, off) => {
-                    patched.symbol_covering(sec, off + graft_diff::compare::pcrel_bias(r.r_type))
-                }
-            };
-            let Some(t) = target else { continue };
+        for t in refs.get(&c.symbol).into_iter().flatten() {
             let twin = d
                 .functions
                 .iter()
-                .find(|f| f.symbol == t.id && f.verdict == Verdict::Same)
+                .find(|f| f.symbol == *t && f.verdict == Verdict::Same)
                 .and_then(|f| f.twin);
             let Some(o) = twin else { continue };
             // A weak definition that is only called may be overridden in the
             // target (the call then reaches the override, by name): nothing
             // of it to verify.
             let weak = orig.symbol(o).binding == graft_elf::Binding::Weak;
-            if !weak && !graft_diff::rules::is_part(&t.name) && !ids.contains(&o) {
+            if !weak && !graft_diff::rules::is_part(&patched.symbol(*t).name) && !ids.contains(&o) {
                 ids.push(o);
             }
         }

@@ -158,11 +158,7 @@ fn outcome_result(o: &LoadOutcome) -> Result<()> {
             cancelled,
             blockers,
         } => {
-            let why = if *cancelled {
-                "was interrupted".to_owned()
-            } else {
-                format!("did not complete in time ({seconds:.1}s)")
-            };
+            let why = opsui::why_reversed(*cancelled, *seconds);
             Err(Coded {
                 code: exit::REVERTED,
                 message: format!(

@@ -217,6 +217,15 @@ pub fn plural(n: usize) -> &'static str {
 }
 
 /// `cat (pid 96) sleeps in ksys_read, …; kworker …` for a one-line error.
+/// Why a transition was reversed, for the error line of load and unload.
+pub fn why_reversed(cancelled: bool, seconds: f64) -> String {
+    if cancelled {
+        "was interrupted".to_owned()
+    } else {
+        format!("did not complete in time ({seconds:.1}s)")
+    }
+}
+
 pub fn blockers_line(blockers: &[Blocker]) -> String {
     if blockers.is_empty() {
         return "no task was named".into();

@@ -72,11 +72,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
             cancelled,
             blockers,
         } => {
-            let why = if cancelled {
-                "was interrupted".to_owned()
-            } else {
-                format!("did not complete in time ({seconds:.1}s)")
-            };
+            let why = opsui::why_reversed(cancelled, seconds);
             Err(Coded {
                 code: exit::REVERTED,
                 message: format!(
