@@ -44,14 +44,10 @@ pub fn family(name: &str) -> Family {
         numbered: false,
         clone: false,
     };
-    // `__UNIQUE_ID_<prefix><counter>`: the counter is __COUNTER__.
-    if let Some(rest) = first.strip_prefix("__UNIQUE_ID_") {
-        let trimmed = rest.trim_end_matches(|c: char| c.is_ascii_digit());
-        if trimmed.len() != rest.len() {
-            f.base = format!("__UNIQUE_ID_{trimmed}");
-            f.key = format!("{}#", f.base);
-            f.numbered = true;
-        }
+    if let Some((base, key)) = pasted(first) {
+        f.base = base;
+        f.key = key;
+        f.numbered = true;
     }
     if f.key.is_empty() {
         f.key = first.to_owned();
@@ -79,6 +75,61 @@ pub fn family(name: &str) -> Family {
         }
     }
     f
+}
+
+/// Names kernel macros paste `__COUNTER__` or `__LINE__` into, and where
+/// the numbers sit. Both counters move when anything is added above the
+/// definition, so these names identify nothing between two builds.
+const PASTED: &[(&str, Numbers)] = &[
+    // __UNIQUE_ID(prefix): `__UNIQUE_ID_ddebug412`, `__UNIQUE_ID___addressable_foo7`.
+    ("__UNIQUE_ID_", Numbers::Trailing),
+    // BTF_ID(struct, name): `__BTF_ID__struct__kallsym_iter__487952` (counter then line).
+    ("__BTF_ID__", Numbers::Trailing),
+    // DECLARE_PCI_FIXUP_SECTION: `__pci_fixup_quirk_foo1234` (line).
+    ("__pci_fixup_", Numbers::Trailing),
+    // __initcall_id(fn): `__initcall__kmod_kallsyms__353_956_kallsyms_init6`.
+    ("__initcall__", Numbers::CounterLine),
+];
+
+#[derive(Clone, Copy)]
+enum Numbers {
+    /// One run of digits ends the name.
+    Trailing,
+    /// `__<counter>_<line>_` inside the name.
+    CounterLine,
+}
+
+/// `(base, key)` of a macro-pasted name, `None` for any other name.
+fn pasted(name: &str) -> Option<(String, String)> {
+    let &(prefix, numbers) = PASTED.iter().find(|(p, _)| name.starts_with(p))?;
+    match numbers {
+        Numbers::Trailing => {
+            let base = name.trim_end_matches(|c: char| c.is_ascii_digit());
+            (base.len() != name.len() && base.len() > prefix.len())
+                .then(|| (base.to_owned(), format!("{base}#")))
+        }
+        Numbers::CounterLine => {
+            // `…__<counter>_<line>_…`, the first such pair after the prefix.
+            let rest = &name[prefix.len()..];
+            let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
+            let mut from = 0;
+            while let Some(i) = rest[from..].find("__").map(|i| i + from) {
+                let a = i + 2;
+                let n1 = digits(&rest[a..]);
+                if n1 > 0 && rest[a + n1..].starts_with('_') {
+                    let b = a + n1 + 1;
+                    let n2 = digits(&rest[b..]);
+                    if n2 > 0 && rest[b + n2..].starts_with('_') {
+                        let key = format!("{prefix}{}__#_#{}", &rest[..i], &rest[b + n2..]);
+                        let base = key.replace("__#_#", "");
+                        return Some((base, key));
+                    }
+                }
+                from = i + 1;
+            }
+            None
+        }
+    }
 }
 
 /// The function a split-off part belongs to: `foo.cold` → `foo`,
@@ -176,6 +227,24 @@ mod tests {
         assert!(!family("plain").numbered);
         assert_eq!(k(""), "");
         assert_eq!(k(".LC0"), ".LC0");
+        // Macro-pasted counters and lines.
+        assert_eq!(
+            k("__BTF_ID__struct__kallsym_iter__487952"),
+            "__BTF_ID__struct__kallsym_iter__#"
+        );
+        assert!(family("__BTF_ID__struct__kallsym_iter__487952").numbered);
+        assert_eq!(
+            k("__initcall__kmod_kallsyms__353_956_kallsyms_init6"),
+            "__initcall__kmod_kallsyms__#_#_kallsyms_init6"
+        );
+        assert_eq!(k("__pci_fixup_quirk_foo1234"), "__pci_fixup_quirk_foo#");
+        assert_eq!(
+            k("__UNIQUE_ID___addressable_foo7"),
+            "__UNIQUE_ID___addressable_foo#"
+        );
+        // A prefix alone, or no number, is a plain name.
+        assert!(!family("__BTF_ID__").numbered);
+        assert!(!family("__initcall__kmod_x__y_init6").numbered);
     }
 
     #[test]

@@ -65,8 +65,14 @@ pub fn write(plan: &Plan<'_>, specials: &[Filtered]) -> Result<Vec<u8>, KlpError
         o.section = Some(out_sec[&home]);
         // Local in the module: nothing links to carried code by name (the
         // stub uses the aliases), and a local name sorts before the global
-        // alias, so stack traces and oopses show the kernel's name.
-        o.st_info = object::elf::SymbolInfo((elf::STB_LOCAL.0 << 4) | type_of(s.kind));
+        // alias, so stack traces and oopses show the kernel's name. A global
+        // the patch adds stays global: another file of the patch may use it.
+        let bind = if s.is_global() && plan.new_globals.contains(&s.id) {
+            elf::STB_GLOBAL
+        } else {
+            elf::STB_LOCAL
+        };
+        o.st_info = object::elf::SymbolInfo((bind.0 << 4) | type_of(s.kind));
         o.st_other = elf::SymbolOther(s.other);
         o.st_value = s.value;
         o.st_size = s.size;

@@ -32,6 +32,9 @@ pub struct Resolver<'a> {
     pub object: &'a str,
     /// `sympos` proven by run-pre verification; names not listed must be unique.
     pub known: &'a BTreeMap<String, u32>,
+    /// Global functions and data that the patch itself adds (in any of its
+    /// files): the module links them by name.
+    pub patch_defines: &'a BTreeSet<String>,
 }
 
 impl Resolver<'_> {
@@ -71,6 +74,9 @@ pub struct Plan<'a> {
     pub callbacks: Vec<KlpCallback>,
     /// The tables about carried code, cut down to their entries.
     pub specials: Vec<Filtered>,
+    /// Global functions and data new in this file: they keep their global
+    /// binding in the module, for the patch's other files.
+    pub new_globals: BTreeSet<SymbolId>,
 }
 
 impl<'a> Plan<'a> {
@@ -98,6 +104,13 @@ pub fn plan<'a>(
         aliases: Vec::new(),
         callbacks: Vec::new(),
         specials: Vec::new(),
+        new_globals: diff
+            .functions
+            .iter()
+            .chain(&diff.data)
+            .filter(|c| c.verdict == Verdict::New && patched.symbol(c.symbol).is_global())
+            .map(|c| c.symbol)
+            .collect(),
     };
     let object = plan.object_name();
     let code = CodeMap::new(patched);
@@ -418,6 +431,10 @@ fn external_name(
 ) -> Result<String, KlpError> {
     use graft_elf::klp::{sym_name, VMLINUX};
     if global && resolver.exports.vmlinux_exports(name) {
+        return Ok(name.to_owned());
+    }
+    if global && resolver.patch_defines.contains(name) {
+        // New in the patch, defined by another of its files.
         return Ok(name.to_owned());
     }
     if resolver.object != VMLINUX {

@@ -2,7 +2,6 @@
 //! command lives in its own module and calls the library crates.
 
 mod build;
-mod buildinfo;
 mod diff;
 mod info;
 mod install;
@@ -10,7 +9,6 @@ mod list;
 mod load;
 mod opsui;
 mod output;
-mod target;
 mod unload;
 
 use std::process::ExitCode;

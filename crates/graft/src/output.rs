@@ -23,6 +23,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     // (missing files, a build that is not the target's…) is an error.
     let refused = |c: &(dyn std::error::Error + 'static)| {
         c.downcast_ref::<graft_diff::DiffError>().is_some()
+            || c.downcast_ref::<graft_build::BuildError>()
+                .is_some_and(graft_build::BuildError::is_refusal)
             || matches!(
                 c.downcast_ref::<graft_klp::KlpError>(),
                 Some(
@@ -42,7 +44,6 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 /// Step-by-step progress on stderr: a spinner on a terminal, plain lines otherwise.
 pub struct Steps {
     bar: ProgressBar,
-    start: Instant,
     step_start: Instant,
     quiet: bool,
 }
@@ -58,7 +59,6 @@ impl Steps {
         }
         Steps {
             bar,
-            start: Instant::now(),
             step_start: Instant::now(),
             quiet,
         }
@@ -74,10 +74,6 @@ impl Steps {
         } else {
             self.bar.set_message(what.to_owned());
         }
-    }
-
-    pub fn elapsed(&self) -> Duration {
-        self.start.elapsed()
     }
 
     pub fn finish(&self) {

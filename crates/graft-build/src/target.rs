@@ -1,6 +1,7 @@
 //! Where the target kernel's description comes from: the live host by
 //! default, or a directory describing another machine's kernel
-//! (`--target DIR`), with any file overridden by its own flag.
+//! (`--target DIR`), with any file overridden by its own flag; and what is
+//! read from them.
 
 use std::path::{Path, PathBuf};
 
@@ -96,4 +97,24 @@ fn from_dir(dir: &Path) -> Result<TargetPaths> {
         headers,
         release,
     })
+}
+
+/// What graft reads about the target kernel before building.
+pub struct Target {
+    pub paths: TargetPaths,
+    pub symbols: graft_target::SymbolTable,
+    pub exports: graft_target::Exports,
+}
+
+impl Target {
+    pub fn read(inputs: &crate::Inputs) -> Result<Target> {
+        let paths = inputs.target.clone();
+        let symbols = graft_target::SymbolTable::read(&paths.symbols)?;
+        let exports = graft_target::Exports::read(&paths.headers.join("Module.symvers"))?;
+        Ok(Target {
+            paths,
+            symbols,
+            exports,
+        })
+    }
 }

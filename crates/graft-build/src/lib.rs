@@ -1,0 +1,130 @@
+//! graft's build pipeline as a library: a source patch and a target kernel
+//! in, a livepatch module out, or a refusal naming the rule it breaks.
+//!
+//! [`build`] reads as the pipeline's table of contents: read the target →
+//! open the private tree copy → compile the original and patched objects →
+//! diff every unit → verify the originals against the target's code → plan
+//! what the module carries → link the module → write it. Libraries never
+//! print: progress reaches the caller as [`Event`]s.
+
+mod buildinfo;
+mod error;
+mod module;
+mod report;
+pub mod target;
+mod units;
+mod workspace;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub use buildinfo::headers_release;
+pub use error::{BuildError, Refusal};
+pub use report::{BuildReport, Event, FileReport};
+pub use target::{Overrides, TargetPaths};
+
+/// Everything a build needs, validated by the caller's argument parser.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// The source fix, a unified diff against the tree (-p1).
+    pub patch: PathBuf,
+    /// The kernel source tree, configured and prepared like the target.
+    pub tree: PathBuf,
+    /// The patch's name: the module is `livepatch-<name>.ko`.
+    pub name: String,
+    /// Where the target kernel's files are.
+    pub target: TargetPaths,
+    /// Where to write the module.
+    pub output: PathBuf,
+    /// Where graft keeps its private tree copies and work directories.
+    pub cache: PathBuf,
+    /// Skip run-pre verification.
+    pub no_verify: bool,
+    /// Stack on loaded patches instead of replacing them.
+    pub no_replace: bool,
+    /// Parallel compile jobs.
+    pub jobs: usize,
+}
+
+/// Builds the live patch `inputs` describe.
+pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildReport, BuildError> {
+    let start = Instant::now();
+    validate_name(&inputs.name)?;
+    progress(Event::Step("reading inputs"));
+    let sources = workspace::Sources::read(inputs)?;
+    let target = target::Target::read(inputs)?;
+
+    progress(Event::Step("syncing graft's private copy of the tree"));
+    let mut ws = workspace::Workspace::open(inputs, sources)?;
+
+    progress(Event::Step("compiling the original objects"));
+    ws.compile_original()?;
+    progress(Event::Step("compiling the patched objects"));
+    ws.compile_patched()?;
+
+    let image = if inputs.no_verify {
+        None
+    } else {
+        progress(Event::Step("reading the target kernel's image"));
+        Some(graft_target::KernelImage::read(&inputs.target.image)?)
+    };
+    progress(Event::Step("diffing and verifying"));
+    let layout = graft_diff::Layout::probe(&ws.mirror_root())?;
+    let units = units::read(&ws, &target)?;
+    let diffs = units::diff(&units, &target, &layout)?;
+    let verified = units::verify(&units, &diffs, &target, image.as_ref())?;
+    let plans = units::plan(&units, &diffs, &verified, &target)?;
+
+    let states: Vec<_> = diffs
+        .iter()
+        .flat_map(|d| d.markers.states.iter().copied())
+        .collect();
+
+    progress(Event::Step("building the module"));
+    let module = module::link(inputs, &target, &ws, &plans, &states)?;
+    let out = inputs.output.join(format!("livepatch-{}.ko", inputs.name));
+    module::write_atomic(&out, &module.bytes)?;
+
+    Ok(BuildReport {
+        module: out,
+        name: inputs.name.clone(),
+        replace: !inputs.no_replace,
+        files: units::file_reports(&units, &diffs),
+        verified: verified.into_iter().flat_map(|v| v.functions).collect(),
+        callbacks: plans.iter().flat_map(|p| p.callbacks.clone()).collect(),
+        states,
+        warnings: units::warnings(&units, &diffs),
+        klp_relocations: module.klp_relocations,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn validate_name(name: &str) -> Result<(), BuildError> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !ok {
+        return Err(anyhow::anyhow!(
+            "invalid patch name {name:?}; hint: use up to 40 letters, digits, '-' or '_'"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// graft's cache: `/var/cache/graft` as root, else the user's cache directory.
+pub fn default_cache() -> PathBuf {
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if root {
+        PathBuf::from("/var/cache/graft")
+    } else if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        PathBuf::from(x).join("graft")
+    } else {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+            .join(".cache/graft")
+    }
+}

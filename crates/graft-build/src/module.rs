@@ -1,0 +1,85 @@
+//! The module: patch objects and the registration stub, linked against the
+//! target's headers, with klp relocations made after the link; written
+//! through a temporary file and a rename, never half-written.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use graft_klp::include::Plan;
+
+use crate::target::Target;
+use crate::workspace::Workspace;
+use crate::{BuildError, Inputs};
+
+pub struct Linked {
+    pub bytes: Vec<u8>,
+    pub klp_relocations: usize,
+}
+
+pub fn link(
+    inputs: &Inputs,
+    target: &Target,
+    ws: &Workspace,
+    plans: &[Plan<'_>],
+    states: &[graft_diff::markers::State],
+) -> Result<Linked, BuildError> {
+    let mut objects = Vec::new();
+    for (i, plan) in plans.iter().enumerate() {
+        let specials = graft_klp::special::filter(plan)?;
+        objects.push((
+            format!("graft-patch-{i}.o"),
+            graft_klp::emit::write(plan, &specials)?,
+        ));
+    }
+    let funcs: Vec<_> = plans.iter().flat_map(|p| p.funcs.iter().cloned()).collect();
+    let callbacks: Vec<_> = plans
+        .iter()
+        .flat_map(|p| p.callbacks.iter().cloned())
+        .collect();
+    let module_name = format!("livepatch-{}", inputs.name);
+    let stub = graft_klp::stub::generate(
+        &funcs,
+        &graft_klp::stub::StubOptions {
+            replace: !inputs.no_replace,
+            description: &format!("graft live patch {}", inputs.name),
+            module_info: &crate::buildinfo::module_info(
+                &inputs.patch,
+                &target.paths.headers,
+                &funcs,
+                !inputs.no_replace,
+            )?,
+            callbacks: &callbacks,
+            states,
+        },
+    )?;
+    let dir = ws.work_dir().join("module");
+    std::fs::create_dir_all(&dir)?;
+    let ko = graft_kbuild::module::build(
+        &target.paths.headers,
+        &dir,
+        &graft_kbuild::module::ModuleSources {
+            name: &module_name,
+            stub_c: &stub,
+            objects: &objects,
+        },
+    )?;
+    let linked = std::fs::read(&ko)?;
+    let (bytes, klp_relocations) =
+        graft_klp::postlink::convert(&linked, &ko.display().to_string())?;
+    Ok(Linked {
+        bytes,
+        klp_relocations,
+    })
+}
+
+/// Writes through a temporary file and a rename: never a half-written module.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! The translation units of a build, pass by pass: read both objects and
+//! find the klp object each belongs to → diff → verify the originals →
+//! plan what the module carries. Each pass sees every unit, so a unit can
+//! use what another defines (a new function shared by two changed files).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use graft_diff::{ObjectDiff, Verdict};
+use graft_elf::{Object, SymbolId};
+use graft_kbuild::compile::Linkage;
+use graft_klp::include::{Plan, Resolver};
+use graft_target::{KernelImage, ModuleFile, SymbolTable};
+use graft_verify::Verified;
+
+use crate::report::FileReport;
+use crate::target::Target;
+use crate::workspace::Workspace;
+use crate::BuildError;
+
+/// One compiled file, both builds, and where it lives in the target.
+pub struct Unit {
+    /// The object's path in the tree (`fs/proc/cmdline.o`).
+    pub object: String,
+    pub orig: Object,
+    pub patched: Object,
+    /// The target's module the file is built into; `None` for vmlinux.
+    pub module: Option<ModuleFile>,
+    /// The symbols this unit can reach: vmlinux's, plus its module's.
+    symbols: Option<SymbolTable>,
+    crcs: graft_diff::Crcs,
+}
+
+impl Unit {
+    /// The klp object: "vmlinux" or the module's name.
+    pub fn klp_object(&self) -> &str {
+        self.module
+            .as_ref()
+            .map_or(graft_elf::klp::VMLINUX, |m| m.name.as_str())
+    }
+
+    fn symbols<'a>(&'a self, target: &'a Target) -> &'a SymbolTable {
+        self.symbols.as_ref().unwrap_or(&target.symbols)
+    }
+
+    /// The source file, for messages.
+    pub fn file(&self) -> String {
+        self.object.trim_end_matches(".o").to_owned() + ".c"
+    }
+}
+
+/// Reads both builds of every unit and finds its klp object.
+pub fn read(ws: &Workspace, target: &Target) -> Result<Vec<Unit>> {
+    let mut out = Vec::new();
+    for (obj, link) in ws.sources.objects.iter().zip(&ws.linkage) {
+        let orig_path = ws.object_path("orig", obj);
+        let patched_path = ws.object_path("patched", obj);
+        // Objects are named by their path in the tree in every message.
+        let mut orig = Object::read(&orig_path)?;
+        let mut patched = Object::read(&patched_path)?;
+        orig.path = PathBuf::from(obj);
+        patched.path = PathBuf::from(obj);
+        let module = match link {
+            Linkage::Module => Some(graft_target::find_module(
+                &target.paths.modules,
+                obj,
+                &orig,
+            )?),
+            Linkage::BuiltIn => {
+                check_in_kernel(&orig, &target.symbols, obj)?;
+                None
+            }
+        };
+        let symbols = module.as_ref().map(|m| {
+            let mut t = target.symbols.clone();
+            t.add_module(m);
+            t
+        });
+        let crcs = graft_diff::Crcs::read_kbuild(&orig_path, &patched_path);
+        out.push(Unit {
+            object: obj.clone(),
+            orig,
+            patched,
+            module,
+            symbols,
+            crcs,
+        });
+    }
+    Ok(out)
+}
+
+/// Diffs every unit; the refusals of all units are reported together.
+pub fn diff(
+    units: &[Unit],
+    target: &Target,
+    layout: &graft_diff::Layout,
+) -> Result<Vec<ObjectDiff>, BuildError> {
+    let target_crc = |n: &str| target.exports.get(n).map(|e| e.crc);
+    let in_vmlinux = |n: &str| !target.symbols.lookup(graft_elf::klp::VMLINUX, n).is_empty();
+    let mut diffs = Vec::new();
+    let mut refusals = Vec::new();
+    for u in units {
+        let opts = graft_diff::Options {
+            layout: Some(layout),
+            crcs: u.crcs.clone(),
+            target_crc: Some(&target_crc),
+            module: u.module.as_ref().map(|m| m.name.clone()),
+            vmlinux_has: Some(&in_vmlinux),
+        };
+        match graft_diff::diff_with(&u.orig, &u.patched, &opts) {
+            Ok(d) => diffs.push(d),
+            Err(e) => match BuildError::from(e) {
+                BuildError::Refused(r) => refusals.extend(r),
+                other => return Err(other),
+            },
+        }
+    }
+    if !refusals.is_empty() {
+        return Err(BuildError::Refused(refusals));
+    }
+    Ok(diffs)
+}
+
+/// Matches the original functions each unit's patch relies on against the
+/// target's code (run-pre); `None` image means verification is off.
+pub fn verify(
+    units: &[Unit],
+    diffs: &[ObjectDiff],
+    target: &Target,
+    image: Option<&KernelImage>,
+) -> Result<Vec<Verified>, BuildError> {
+    let mut out = Vec::new();
+    for (u, d) in units.iter().zip(diffs) {
+        let Some(image) = image else {
+            out.push(Verified::default());
+            continue;
+        };
+        let check = to_verify(&u.orig, &u.patched, d);
+        let v = match &u.module {
+            Some(m) => graft_verify::verify_module(&u.orig, &check, m)?,
+            None => graft_verify::verify(
+                &u.orig,
+                &check,
+                &graft_verify::Target {
+                    symbols: &target.symbols,
+                    image,
+                    object: graft_elf::klp::VMLINUX,
+                },
+            )?,
+        };
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Decides what the module carries of each unit.
+pub fn plan<'a>(
+    units: &'a [Unit],
+    diffs: &[ObjectDiff],
+    verified: &[Verified],
+    target: &Target,
+) -> Result<Vec<Plan<'a>>, BuildError> {
+    let defines = patch_defines(units, diffs);
+    let mut plans = Vec::new();
+    for (i, ((u, d), v)) in units.iter().zip(diffs).zip(verified).enumerate() {
+        if d.is_empty() {
+            continue;
+        }
+        let resolver = Resolver {
+            symbols: u.symbols(target),
+            exports: &target.exports,
+            object: u.klp_object(),
+            known: &v.sympos,
+            patch_defines: &defines,
+        };
+        plans.push(graft_klp::include::plan(&u.patched, d, &resolver, i)?);
+    }
+    if plans
+        .iter()
+        .all(|p| p.funcs.is_empty() && p.callbacks.is_empty())
+    {
+        return Err(anyhow::anyhow!("the patch changes no function of the running kernel (the compiled code is identical); hint: check that the patch is the fix you meant").into());
+    }
+    Ok(plans)
+}
+
+/// Global functions and data the patch adds: carried by the unit that
+/// defines them, reached by name from the others.
+fn patch_defines(units: &[Unit], diffs: &[ObjectDiff]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (u, d) in units.iter().zip(diffs) {
+        for c in d.functions.iter().chain(&d.data) {
+            if c.verdict == Verdict::New && u.patched.symbol(c.symbol).is_global() {
+                out.insert(c.name.clone());
+            }
+        }
+    }
+    out
+}
+
+pub fn file_reports(units: &[Unit], diffs: &[ObjectDiff]) -> Vec<FileReport> {
+    units
+        .iter()
+        .zip(diffs)
+        .map(|(u, d)| FileReport {
+            file: u.file(),
+            changed: d.changed_functions().map(|c| c.name.clone()).collect(),
+            new: d
+                .functions
+                .iter()
+                .filter(|c| c.verdict == Verdict::New)
+                .map(|c| c.name.clone())
+                .collect(),
+            ignored: d.ignored_changes().map(|c| c.name.clone()).collect(),
+        })
+        .collect()
+}
+
+pub fn warnings(units: &[Unit], diffs: &[ObjectDiff]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (u, d) in units.iter().zip(diffs) {
+        let file = u.file();
+        for f in &d.markers.force_unsafe {
+            out.push(format!(
+                "{file}: KPATCH_FORCE_UNSAFE({}) has no effect: the kernel's livepatch has no per-function bypass of its consistency model (a task switches only when no patched function is on its stack); if the transition stalls on {}, `graft load --force` forces the whole patch, after which it can never be unloaded",
+                f.function, f.function
+            ));
+        }
+    }
+    out
+}
+
+/// The original functions run-pre verification must match: the ones the
+/// patch replaces, and the ones of the same file that carried code calls or
+/// references (their identity in the target decides their `sympos`).
+fn to_verify(orig: &Object, patched: &Object, d: &ObjectDiff) -> Vec<SymbolId> {
+    // Twins, not names: a renumbered clone is found under its original name.
+    let mut ids: Vec<SymbolId> = d
+        .changed_functions()
+        .filter(|c| !graft_diff::rules::is_part(&c.name))
+        .filter_map(|c| c.twin)
+        .collect();
+    // What carried code reaches, as the differ resolves it (decoded
+    // instruction targets, not assumed addends).
+    let refs = graft_diff::correlate::references(patched, &graft_diff::code::CodeMap::new(patched));
+    let same_twin: BTreeMap<SymbolId, SymbolId> = d
+        .functions
+        .iter()
+        .filter(|f| f.verdict == Verdict::Same)
+        .filter_map(|f| f.twin.map(|t| (f.symbol, t)))
+        .collect();
+    for c in d.included_functions() {
+        for t in refs.get(&c.symbol).into_iter().flatten() {
+            let Some(&o) = same_twin.get(t) else { continue };
+            // A weak definition that is only called may be overridden in the
+            // target (the call then reaches the override, by name): nothing
+            // of it to verify.
+            let weak = orig.symbol(o).binding == graft_elf::Binding::Weak;
+            if !weak && !graft_diff::rules::is_part(&patched.symbol(*t).name) && !ids.contains(&o) {
+                ids.push(o);
+            }
+        }
+    }
+    ids
+}
+
+/// A file whose functions the target kernel does not have is not built into it.
+fn check_in_kernel(orig: &Object, symbols: &SymbolTable, obj: &str) -> Result<()> {
+    let mut any = false;
+    for f in orig.functions().filter(|f| {
+        !graft_diff::rules::is_init_section(&orig.section(f.section.expect("defined")).name)
+    }) {
+        any = true;
+        if !symbols.lookup(graft_elf::klp::VMLINUX, &f.name).is_empty() {
+            return Ok(());
+        }
+    }
+    if any {
+        bail!(
+            "{} is not built into the target kernel: none of its functions is in the target's symbol table; hint: check the config (the file may be disabled, or built as a module)",
+            obj.trim_end_matches(".o").to_owned() + ".c"
+        );
+    }
+    Ok(())
+}
