@@ -73,6 +73,7 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
     let units = units::read(&ws, &target)?;
     let diffs = units::diff(&units, &target, &layout)?;
     let verified = units::verify(&units, &diffs, &target, image.as_ref())?;
+    units::check_shared_state(&units, &diffs, &verified, image.is_some())?;
     let plans = units::plan(&units, &diffs, &verified, &target)?;
 
     let states: Vec<_> = diffs

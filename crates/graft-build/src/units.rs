@@ -154,6 +154,43 @@ pub fn verify(
     Ok(out)
 }
 
+/// Every hidden state carried code shares must be the copy a verified
+/// original reaches: that is how graft knows which of the kernel's
+/// same-named copies the running code uses.
+pub fn check_shared_state(
+    units: &[Unit],
+    diffs: &[ObjectDiff],
+    verified: &[Verified],
+    verifying: bool,
+) -> Result<(), BuildError> {
+    let mut refusals = Vec::new();
+    for ((u, d), v) in units.iter().zip(diffs).zip(verified) {
+        for s in &d.shared_state {
+            if v.sympos.contains_key(&s.state) {
+                continue;
+            }
+            let why = if verifying {
+                format!("no original function that run-pre verification matched reaches it, so graft cannot tell which of the kernel's copies named {} the running code uses", s.state)
+            } else {
+                "verification is off (--no-verify), and only the original function's verified code tells which same-named copy the running kernel uses".to_owned()
+            };
+            refusals.push(graft_diff::Refusal {
+                object: u.object.rsplit('/').next().unwrap_or(&u.object).to_owned(),
+                symbol: s.function.clone(),
+                rule: graft_diff::Rule::HiddenState {
+                    state: s.state.clone(),
+                    why,
+                },
+            });
+        }
+    }
+    if refusals.is_empty() {
+        Ok(())
+    } else {
+        Err(graft_diff::DiffError::Refused { refusals }.into())
+    }
+}
+
 /// Decides what the module carries of each unit.
 pub fn plan<'a>(
     units: &'a [Unit],

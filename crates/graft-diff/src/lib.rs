@@ -93,6 +93,19 @@ pub struct Change {
     pub hidden: Option<Hidden>,
 }
 
+/// A once flag, ratelimit state or lockdep key of the running kernel that a
+/// carried function uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SharedState {
+    /// The carried function.
+    pub function: String,
+    /// The state's name in the original build, which is the running
+    /// kernel's name for it (`__already_done.10`, repeated kernel-wide).
+    pub state: String,
+    #[serde(skip)]
+    pub symbol: SymbolId,
+}
+
 /// The differ's result for one object pair.
 #[derive(Debug, Clone, Serialize)]
 pub struct ObjectDiff {
@@ -108,6 +121,10 @@ pub struct ObjectDiff {
     #[serde(skip_serializing_if = "Markers::is_empty")]
     pub markers: Markers,
     pub refusals: Vec<Refusal>,
+    /// Hidden state of the running kernel that carried code must share:
+    /// resolved through run-pre verification of the original function.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shared_state: Vec<SharedState>,
     /// The entry layouts the diff was made with (for rebuilding tables).
     #[serde(skip)]
     pub layout: Layout,
@@ -227,6 +244,7 @@ pub fn analyze(orig: &Object, patched: &Object, opts: &Options<'_>) -> ObjectDif
         tables: ctx.patched.tables.clone(),
         markers: Markers::default(),
         refusals: Vec::new(),
+        shared_state: Vec::new(),
         layout: layout.clone(),
     };
     for id in correlate::pairable(patched) {
@@ -266,6 +284,7 @@ pub fn analyze(orig: &Object, patched: &Object, opts: &Options<'_>) -> ObjectDif
     let blocked = callees::promote(&ctx, &mut out, &ignored, opts.module.is_some());
     promote_parts(&mut out, &ignored);
     out.refusals = rules::check(&ctx, &out, opts, &blocked);
+    out.shared_state = rules::shared_state(&ctx, &out);
     out.refusals.extend(marker_refusals);
     out
 }

@@ -37,8 +37,9 @@ pub enum Rule {
     },
     /// A changed constant that writable data points to.
     ConstantInData { constant: String },
-    /// Changed code using once/ratelimit/lockdep state the running kernel keeps.
-    HiddenState { state: String },
+    /// Changed code using once/ratelimit/lockdep state the running kernel
+    /// keeps, when graft cannot tell which copy the running code uses.
+    HiddenState { state: String, why: String },
     /// A numbered local graft cannot pair with certainty.
     Ambiguous {
         candidates: Vec<String>,
@@ -87,9 +88,9 @@ impl fmt::Display for Refusal {
                 f,
                 "{o}: the constant {constant} changed, and the data {s} points to it [rule: constant-in-data]: the running kernel's {s} keeps pointing to the old constant; hint: change the code that reads it instead, or update {s} in a post-patch callback"
             ),
-            Rule::HiddenState { state } => write!(
+            Rule::HiddenState { state, why } => write!(
                 f,
-                "{o}: {s} changed and uses {state}, hidden state of a pr_*_once/printk_once/WARN_ONCE/printk_ratelimited/lockdep macro [rule: hidden-state]: the patched code must share the running kernel's copy, whose name repeats throughout the kernel, so livepatch cannot name it; hint: if printing the message once more after patching is acceptable, give the new code a flag of its own: replace the macro in the changed function with `static bool done; if (!done) {{ done = true; pr_warn(...); }}`, or move the macro into a helper the patch does not change"
+                "{o}: {s} changed and uses {state}, hidden state of a pr_*_once/printk_once/WARN_ONCE/printk_ratelimited/lockdep macro [rule: hidden-state]: the patched code must share the running kernel's copy, whose name repeats throughout the kernel, and {why}; hint: if printing the message once more after patching is acceptable, give the new code a flag of its own: replace the macro in the changed function with `static bool done; if (!done) {{ done = true; pr_warn(...); }}`, or move the macro into a helper the patch does not change"
             ),
             Rule::Ambiguous { candidates, why } => write!(
                 f,
@@ -246,23 +247,6 @@ pub fn check(
         }
     }
 
-    // Hidden state of the running kernel used by patched code (a cold part
-    // is refused through its parent).
-    for c in diff.included_functions().filter(|c| !is_part(&c.name)) {
-        for t in refs.get(&c.symbol).into_iter().flatten() {
-            if let Some(d) = diff.data.iter().find(|d| d.symbol == *t) {
-                if d.hidden == Some(Hidden::State) && d.twin.is_some() {
-                    out.push(refuse(
-                        &c.name,
-                        Rule::HiddenState {
-                            state: d.name.clone(),
-                        },
-                    ));
-                }
-            }
-        }
-    }
-
     for (p, os, why) in &ctx.twins.ambiguous {
         out.push(refuse(
             &patched.symbol(*p).name,
@@ -375,6 +359,36 @@ pub fn check(
         out.push(refuse(&function, rule));
     }
     out.dedup();
+    out
+}
+
+/// Hidden state of the running kernel that carried code uses: the patched
+/// code must share the running kernel's copy (a once flag already set stays
+/// set). The copy is found through the original function's code, which
+/// run-pre verification matches against the kernel (a cold part is reached
+/// through its parent).
+pub fn shared_state(ctx: &Ctx<'_>, diff: &ObjectDiff) -> Vec<crate::SharedState> {
+    let patched = ctx.patched.obj;
+    let refs = crate::correlate::references(patched, &ctx.patched.code);
+    let mut out: Vec<crate::SharedState> = Vec::new();
+    for c in diff.included_functions().filter(|c| !is_part(&c.name)) {
+        for t in refs.get(&c.symbol).into_iter().flatten() {
+            let Some(d) = diff.data.iter().find(|d| d.symbol == *t) else {
+                continue;
+            };
+            let (Some(Hidden::State), Some(twin)) = (d.hidden, d.twin) else {
+                continue;
+            };
+            let s = crate::SharedState {
+                function: c.name.clone(),
+                state: ctx.orig.obj.symbol(twin).name.clone(),
+                symbol: d.symbol,
+            };
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    }
     out
 }
 

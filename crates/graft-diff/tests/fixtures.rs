@@ -10,6 +10,7 @@
 //! line-only: <same symbols that differ only in __LINE__ fields>
 //! ignored: <changed symbols left out by the author's ignore markers>
 //! refused: <rule>:<symbol> ...                 (exact set of refusals)
+//! shared: <function>:<state> ...               (hidden state carried code shares)
 //! paired: <symbol>=<strategy>                  (how a twin was found)
 //! reason: <symbol>=<text the reason contains>
 //! module: <name>                               (the target is a module)
@@ -98,6 +99,11 @@ fn run_case(case: &str) -> Vec<String> {
             format!("{}:{}", v["rule"].as_str().unwrap(), base(&r.symbol))
         })
         .collect();
+    let got_shared: Vec<String> = d
+        .shared_state
+        .iter()
+        .map(|s| format!("{}:{}", base(&s.function), base(&s.state)))
+        .collect();
     let listing = serde_json::to_string_pretty(&d).unwrap();
     let mut failures = Vec::new();
     let mut check = |what: &str, got: Vec<String>| {
@@ -113,6 +119,7 @@ fn run_case(case: &str) -> Vec<String> {
     check("ignored", got_ignored);
     check("removed", got_removed);
     check("refused", got_refused);
+    check("shared", got_shared);
     for pair in want.get("paired").into_iter().flatten() {
         let (sym, how) = pair.split_once('=').unwrap();
         let ok = all().any(|c| {
