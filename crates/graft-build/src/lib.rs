@@ -44,6 +44,9 @@ pub struct Inputs {
     pub no_replace: bool,
     /// Parallel compile jobs.
     pub jobs: usize,
+    /// Keep the work directory (both builds' objects, the module's sources)
+    /// here when the build ends, for inspection.
+    pub keep_work: Option<PathBuf>,
 }
 
 /// Builds the live patch `inputs` describe.

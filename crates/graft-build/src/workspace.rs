@@ -49,8 +49,26 @@ pub struct Workspace {
     mirror: Mirror,
     work: tempfile::TempDir,
     jobs: usize,
+    keep: Option<PathBuf>,
     /// How kbuild links each object (vmlinux or a module), once compiled.
     pub linkage: Vec<Linkage>,
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        // Whatever the outcome: the objects of a refused build are the ones
+        // worth a look.
+        if let Some(keep) = &self.keep {
+            let _ = std::fs::remove_dir_all(keep);
+            if std::fs::rename(self.work.path(), keep).is_err() {
+                let _ = std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(self.work.path())
+                    .arg(keep)
+                    .status();
+            }
+        }
+    }
 }
 
 impl Workspace {
@@ -76,6 +94,7 @@ impl Workspace {
             mirror,
             work,
             jobs: inputs.jobs,
+            keep: inputs.keep_work.clone(),
             linkage: Vec::new(),
         })
     }

@@ -232,10 +232,18 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Identity of `id` on `side`, with original names resolved.
+    /// Identity of `id` on `side`, with original names resolved. Data
+    /// without identity (`__func__`, dynamic debug descriptors…) is what it
+    /// holds: its bytes and references, line fields aside. Their numbered
+    /// names pair poorly (a dozen `__UNIQUE_ID_ddebug` of one function), and
+    /// need not pair at all.
     pub fn identity(&self, patched: bool, id: SymbolId) -> String {
         let side = self.side(patched);
         let s = side.obj.symbol(id);
+        if crate::names::identity_free(crate::names::hidden_of(side.obj, id)) {
+            let b = self.body(patched, id);
+            return format!("content {:?} {:?}", b.bytes, b.relocs);
+        }
         if !patched || s.section.is_none() {
             return s.name.clone();
         }

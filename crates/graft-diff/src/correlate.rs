@@ -298,7 +298,9 @@ pub fn correlate(orig: &Object, patched: &Object, oc: &CodeMap, pc: &CodeMap) ->
                         .copied()
                         .filter(|o| !distinct.contains(&(*o, *p)))
                         .collect();
-                    let named = family(&patched.symbol(*p).name).numbered;
+                    // Identity-free data is compared by content instead.
+                    let named = family(&patched.symbol(*p).name).numbered
+                        && !crate::names::identity_free(crate::names::hidden_of(patched, *p));
                     if named
                         && !candidates.is_empty()
                         && !t.ambiguous.iter().any(|(a, _, _)| a == p)

@@ -388,20 +388,7 @@ fn verdict(ctx: &Ctx<'_>, p: SymbolId) -> Change {
         symbol: p,
         section_id,
         twin,
-        hidden: if sym.kind == SymKind::Object {
-            match names::hidden(&sym.name, &section.name, section.flags & 1 != 0) {
-                // An empty object holds no state: only its address is
-                // passed around, and no two addresses of it can be told
-                // apart by what they hold. A lockdep `__key` is such an
-                // object without CONFIG_LOCKDEP (`init_completion` in
-                // kernel_clone), so a fresh copy is as good as the
-                // kernel's.
-                Some(Hidden::State) if sym.size == 0 => Some(Hidden::Const),
-                h => h,
-            }
-        } else {
-            None
-        },
+        hidden: names::hidden_of(patched, p),
     };
     let Some(o) = twin else {
         return change;

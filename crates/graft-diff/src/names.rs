@@ -208,6 +208,29 @@ pub fn hidden(name: &str, section: &str, writable: bool) -> Option<Hidden> {
     }
 }
 
+/// [`hidden`] for a symbol of `obj`. An empty object holds no state: only
+/// its address is passed around, and no two addresses of it can be told
+/// apart by what they hold. A lockdep `__key` is such an object without
+/// CONFIG_LOCKDEP (`init_completion` in kernel_clone), so a fresh copy is as
+/// good as the kernel's.
+pub fn hidden_of(obj: &graft_elf::Object, id: graft_elf::SymbolId) -> Option<Hidden> {
+    let sym = obj.symbol(id);
+    if sym.kind != graft_elf::SymKind::Object {
+        return None;
+    }
+    let section = obj.section(sym.section?);
+    match hidden(&sym.name, &section.name, section.flags & 1 != 0) {
+        Some(Hidden::State) if sym.size == 0 => Some(Hidden::Const),
+        h => h,
+    }
+}
+
+/// Identity-free hidden data: what it holds is all there is to it, so it is
+/// compared by content and carried as a copy.
+pub fn identity_free(h: Option<Hidden>) -> bool {
+    matches!(h, Some(Hidden::Const | Hidden::Registry))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -304,7 +304,20 @@ pub fn check(
                             if patched.section(sec).is_exec() {
                                 continue;
                             }
-                            crate::correlate::symbol_at(patched, sec, off).map_or_else(
+                            // A key the module carries (a new pr_debug's
+                            // descriptor, new data) is the module's own:
+                            // the loader sets it up with its jump labels.
+                            let key = crate::correlate::symbol_at(patched, sec, off);
+                            if key.is_some_and(|k| {
+                                diff.data.iter().any(|d| {
+                                    d.symbol == k
+                                        && (d.verdict == Verdict::New
+                                            || crate::names::identity_free(d.hidden))
+                                })
+                            }) {
+                                continue;
+                            }
+                            key.map_or_else(
                                 || patched.section(sec).name.clone(),
                                 |k| patched.symbol(k).name.clone(),
                             )

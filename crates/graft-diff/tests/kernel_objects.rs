@@ -207,6 +207,10 @@ fn bug_table_entry_travels_with_its_function() {
 
 #[test]
 fn line_shift_only_function_is_the_same() {
+    // The patch adds lines above proc_create_reg's WARN. graft's patched
+    // copy gets `#line` directives after each change, so the WARN keeps its
+    // line: same, and no line moved at all (the differ's own masking of
+    // line fields is covered by the line-shift fixtures).
     let d = diff_patch("differ-line-shift.patch", "fs/proc/generic.o");
     assert_eq!(changed(&d), vec!["proc_readdir_de"]);
     let reg = d
@@ -215,8 +219,5 @@ fn line_shift_only_function_is_the_same() {
         .find(|c| c.name == "proc_create_reg")
         .unwrap();
     assert_eq!(reg.verdict, Verdict::Same);
-    assert!(
-        reg.note.as_deref().is_some_and(|n| n.contains("__LINE__")),
-        "{reg:?}"
-    );
+    assert_eq!(reg.note, None, "{reg:?}");
 }

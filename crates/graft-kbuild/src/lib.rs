@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod headers;
+pub mod lines;
 pub mod mirror;
 pub mod module;
 pub mod patch;

@@ -167,7 +167,43 @@ impl Mirror {
         dirty
             .sync_all()
             .map_err(io("cannot record the patched files"))?;
-        self.run_patch(patch, false)
+        self.run_patch(patch, false)?;
+        for f in patch
+            .files
+            .iter()
+            .filter(|f| f.ends_with(".c") || f.ends_with(".h"))
+        {
+            self.keep_line_numbers(f)?;
+        }
+        Ok(())
+    }
+
+    /// Gives the patched file `#line` directives after each change, so the
+    /// code below keeps the line numbers it has in the running kernel.
+    fn keep_line_numbers(&self, rel: &str) -> Result<(), KbuildError> {
+        let (old, new) = (self.source.join(rel), self.root.join(rel));
+        if !old.is_file() || !new.is_file() {
+            return Ok(()); // a new or deleted file has no numbering to keep
+        }
+        let out = std::process::Command::new("diff")
+            .arg("-U0")
+            .arg(&old)
+            .arg(&new)
+            .output()
+            .map_err(io("cannot run diff(1); hint: apt-get install diffutils"))?;
+        let d = crate::lines::directives(&String::from_utf8_lossy(&out.stdout));
+        if d.is_empty() {
+            return Ok(());
+        }
+        let text = fs::read(&new).map_err(io(format!("cannot read {}", new.display())))?;
+        let text = crate::lines::insert(&text, &d);
+        // Replaced, never written in place.
+        let tmp = new.with_file_name(format!(
+            ".graft-tmp.{}",
+            new.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        fs::write(&tmp, text).map_err(io(format!("cannot write {}", tmp.display())))?;
+        fs::rename(&tmp, &new).map_err(io(format!("cannot write {}", new.display())))
     }
 
     fn run_patch(&self, patch: &SourcePatch, dry: bool) -> Result<(), KbuildError> {

@@ -53,6 +53,10 @@ pub struct Args {
     /// Parallel compile jobs [default: number of CPUs].
     #[arg(long, short = 'j')]
     jobs: Option<usize>,
+    /// Keep the work directory (original and patched objects, the module's
+    /// sources) in DIR when the build ends, for inspection.
+    #[arg(long, value_name = "DIR")]
+    keep_work: Option<PathBuf>,
 }
 
 pub fn run(a: Args, json: bool) -> Result<()> {
@@ -76,6 +80,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         jobs: a
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        keep_work: a.keep_work,
     };
     let mut steps = Steps::new(json);
     let report = graft_build::build(&inputs, &mut |e| match e {

@@ -21,7 +21,9 @@ fn hidden_state_is_shared_and_the_guides_rewrites_work() {
     // the copy its verified original reaches, among hundreds of that name.
     let (shared, s) = build_ok(&lab, "author-printk-once.patch", "shared", out.path());
     assert_eq!(
-        s["files"][0]["changed"][0].as_str().map(|n| n.starts_with("__set_oom_adj")),
+        s["files"][0]["changed"][0]
+            .as_str()
+            .map(|n| n.starts_with("__set_oom_adj")),
         Some(true),
         "{s}"
     );
