@@ -409,21 +409,47 @@ impl Lab {
         make_command(&self.source_tree(), &self.source.make_vars)
     }
 
-    /// Opens an already set-up lab (no apt, no network).
+    /// Opens an already set-up lab of the current release: the one the
+    /// last plain `setup` made (no apt, no network).
     pub fn open(root: &Path) -> Result<Lab, LabError> {
+        let current = root.join("current");
+        let release = fs::read_to_string(&current)
+            .map_err(|_| LabError::NotSetUp {
+                root: root.to_path_buf(),
+                missing: format!("{} is missing", current.display()),
+            })?
+            .trim()
+            .to_string();
+        Lab::open_release(root, &release)
+    }
+
+    /// The releases the lab holds, set up completely, oldest ABI first.
+    pub fn releases(root: &Path) -> Result<Vec<String>, LabError> {
+        let rd = match fs::read_dir(root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(LabError::io(format!("listing {}", root.display()), e)),
+        };
+        let mut v: Vec<String> = rd
+            .flatten()
+            .filter(|e| e.path().join("lab.json").is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|r| Lab::open_release(root, r).is_ok())
+            .collect();
+        v.sort_by_key(|r| release_order(r));
+        Ok(v)
+    }
+
+    /// Opens the lab of one release, set up by `setup` or `setup_release`.
+    pub fn open_release(root: &Path, release: &str) -> Result<Lab, LabError> {
         let not_set_up = |missing: String| LabError::NotSetUp {
             root: root.to_path_buf(),
             missing,
         };
-        let current = root.join("current");
-        let release = fs::read_to_string(&current)
-            .map_err(|_| not_set_up(format!("{} is missing", current.display())))?
-            .trim()
-            .to_string();
-        if release.is_empty() || release.contains('/') {
-            return Err(not_set_up(format!("{} is corrupt", current.display())));
+        if release.is_empty() || release.contains('/') || release.starts_with('.') {
+            return Err(not_set_up(format!("`{release}` is not a kernel release")));
         }
-        let json_path = root.join(&release).join("lab.json");
+        let json_path = root.join(release).join("lab.json");
         let text = fs::read_to_string(&json_path)
             .map_err(|_| not_set_up(format!("{} is missing", json_path.display())))?;
         let mut lab: Lab = serde_json::from_str(&text)
@@ -581,6 +607,17 @@ impl Lab {
             "config_differences": self.source.config_differences,
         })
     }
+}
+
+/// Sort key of a release: `6.1.0-47-amd64` → its numbers, so that ABI 100
+/// comes after ABI 99.
+fn release_order(release: &str) -> (Vec<u64>, String) {
+    let nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap_or(u64::MAX))
+        .collect();
+    (nums, release.to_string())
 }
 
 fn make_command(tree: &Path, vars: &[String]) -> Command {
