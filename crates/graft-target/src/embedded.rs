@@ -251,7 +251,7 @@ mod tests {
         let addr = 0xffff_ffff_8200_0000u64;
         let mut out = vec![0xaa_u8; 40]; // unrelated data before
         let pad = |out: &mut Vec<u8>| {
-            while (addr + out.len() as u64) % 8 != 0 {
+            while !(addr + out.len() as u64).is_multiple_of(8) {
                 out.push(0);
             }
         };
