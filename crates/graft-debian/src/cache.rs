@@ -82,6 +82,9 @@ pub struct SourceDone {
     pub prepared: graft_kbuild::prepare::Prepared,
 }
 
+/// One stage's work: reports progress, says whether it did anything.
+type StageFn<'a> = dyn FnMut(&mut dyn FnMut(Event)) -> Result<bool, DebianError> + 'a;
+
 /// A kernel's directory (see the module text).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelDir {
@@ -149,7 +152,7 @@ impl KernelDir {
         create_dir(&self.dir.join("logs"))?;
         let stage = |s: Stage,
                      progress: &mut dyn FnMut(Event),
-                     f: &mut dyn FnMut(&mut dyn FnMut(Event)) -> Result<bool, DebianError>|
+                     f: &mut StageFn<'_>|
          -> Result<(), DebianError> {
             progress(Event::Started(s));
             let did = f(progress)?;

@@ -21,58 +21,66 @@ use graft_klp::include::Resolver;
 use graft_target::{Exports, KernelImage, SymbolTable};
 
 use crate::output::Steps;
-use crate::target::{Overrides, TargetPaths};
+use crate::target::TargetPaths;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The source fix, a unified diff against the kernel tree (-p1).
-    patch: PathBuf,
-    /// The kernel source tree, configured and prepared like the target kernel.
-    #[arg(long, short = 't')]
-    tree: PathBuf,
+    pub(crate) patch: PathBuf,
+    /// The kernel source tree, configured and prepared like the target kernel
+    /// [default: on Debian, the target's exact source, fetched and prepared
+    /// in graft's cache].
+    #[arg(long, short = 't', conflicts_with = "kernel")]
+    pub(crate) tree: Option<PathBuf>,
+    /// Build for this Debian kernel release (e.g. 6.1.0-47-amd64), fetching
+    /// its image, headers and source into graft's cache; repeatable; `all`
+    /// for every kernel of the series apt serves. Each module is written to
+    /// <output>/<release>/.
+    #[arg(long, value_name = "RELEASE", conflicts_with_all = ["target", "config", "symbols", "headers", "modules", "image"])]
+    pub(crate) kernel: Vec<String>,
     /// The patch's name: the module is `livepatch-<name>.ko`.
     #[arg(long, short = 'n')]
-    name: String,
+    pub(crate) name: String,
     /// A directory describing another machine's kernel: release, config,
     /// kallsyms (or System.map or vmlinux), vmlinuz, modules/ and headers/
     /// [default: the running kernel].
     #[arg(long)]
-    target: Option<PathBuf>,
+    pub(crate) target: Option<PathBuf>,
     /// The target kernel's config [default: /boot/config-$(uname -r)].
     #[arg(long)]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// The target kernel's symbol table, kallsyms format [default: /proc/kallsyms].
     #[arg(long)]
-    symbols: Option<PathBuf>,
+    pub(crate) symbols: Option<PathBuf>,
     /// The target kernel's headers, with Module.symvers [default: /lib/modules/$(uname -r)/build].
     #[arg(long)]
-    headers: Option<PathBuf>,
+    pub(crate) headers: Option<PathBuf>,
     /// Where to write the module.
     #[arg(long, short = 'o', default_value = ".")]
-    output: PathBuf,
+    pub(crate) output: PathBuf,
     /// Where graft keeps its private copy of the tree [default: /var/cache/graft/build as root, else ~/.cache/graft/build].
     #[arg(long, env = "GRAFT_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
+    pub(crate) cache_dir: Option<PathBuf>,
     /// The target kernel's modules, for files built into a module [default: /lib/modules/$(uname -r)].
     #[arg(long)]
-    modules: Option<PathBuf>,
+    pub(crate) modules: Option<PathBuf>,
     /// The target kernel's boot image, to verify the build against [default: /boot/vmlinuz-$(uname -r)].
     #[arg(long)]
-    image: Option<PathBuf>,
+    pub(crate) image: Option<PathBuf>,
     /// Skip run-pre verification (the build is then not proven to match the target's code).
     #[arg(long)]
-    no_verify: bool,
+    pub(crate) no_verify: bool,
     /// Build a patch that stacks on loaded ones instead of replacing them.
     #[arg(long)]
-    no_replace: bool,
+    pub(crate) no_replace: bool,
     /// Parallel compile jobs [default: number of CPUs].
     #[arg(long, short = 'j')]
-    jobs: Option<usize>,
+    pub(crate) jobs: Option<usize>,
 }
 
 #[derive(Serialize)]
-struct Summary {
-    module: PathBuf,
+pub(crate) struct Summary {
+    pub(crate) module: PathBuf,
     name: String,
     replace: bool,
     files: Vec<FileSummary>,
@@ -99,15 +107,23 @@ struct FileSummary {
 
 pub fn run(a: Args, json: bool) -> Result<()> {
     validate_name(&a.name)?;
+    if !a.kernel.is_empty() {
+        return crate::kernels::build_each(&a, json);
+    }
+    let (tree, target) = crate::kernels::single_target(&a, json)?;
+    let summary = build(&a, &tree, &target, &a.output, json)?;
+    report(&summary, json)
+}
+
+/// Builds the module for one target kernel from `tree` into `output`.
+pub(crate) fn build(
+    a: &Args,
+    tree_path: &Path,
+    target: &TargetPaths,
+    output: &Path,
+    json: bool,
+) -> Result<Summary> {
     let mut steps = Steps::new(json);
-    let target = TargetPaths::resolve(&Overrides {
-        target: a.target.clone(),
-        config: a.config.clone(),
-        symbols: a.symbols.clone(),
-        image: a.image.clone(),
-        modules: a.modules.clone(),
-        headers: a.headers.clone(),
-    })?;
     let (config, headers, image_path, modules_dir, symbols_path) = (
         target.config.clone(),
         target.headers.clone(),
@@ -117,7 +133,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     );
 
     steps.step("reading inputs");
-    let tree = KernelTree::open(&a.tree)?;
+    let tree = KernelTree::open(tree_path)?;
     let patch = SourcePatch::read(&a.patch)?;
     let objects = patch.objects()?;
     if !config.is_file() {
@@ -132,11 +148,11 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     tree.check_config(&config)?;
     let symbols = SymbolTable::read(&symbols_path)?;
     let exports = Exports::read(&headers.join("Module.symvers"))?;
-    std::fs::create_dir_all(&a.output)
-        .with_context(|| format!("cannot create {}", a.output.display()))?;
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("cannot create {}", output.display()))?;
 
     steps.step("syncing graft's private copy of the tree");
-    let cache = a.cache_dir.clone().unwrap_or_else(default_cache);
+    let cache = cache_dir(a);
     let (mut mirror, _) = Mirror::sync(&tree, &cache.join("build"))?;
     let work = tempfile::Builder::new()
         .prefix("work-")
@@ -318,11 +334,11 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     let linked = std::fs::read(&ko)?;
     let (bytes, klp_relocations) =
         graft_klp::postlink::convert(&linked, &ko.display().to_string())?;
-    let out = a.output.join(format!("{module_name}.ko"));
+    let out = output.join(format!("{module_name}.ko"));
     write_atomic(&out, &bytes)?;
     steps.finish();
 
-    let summary = Summary {
+    Ok(Summary {
         module: out,
         name: a.name.clone(),
         replace: !a.no_replace,
@@ -333,7 +349,12 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         warnings,
         klp_relocations,
         seconds: steps.elapsed().as_secs_f64(),
-    };
+    })
+}
+
+/// Prints what was built: text, or the JSON summary.
+pub(crate) fn report(summary: &Summary, json: bool) -> Result<()> {
+    let klp_relocations = summary.klp_relocations;
     for w in &summary.warnings {
         eprintln!("graft: warning: {w}");
     }
@@ -406,6 +427,15 @@ fn validate_name(name: &str) -> Result<()> {
         bail!("invalid patch name {name:?}; hint: use up to 40 letters, digits, '-' or '_'");
     }
     Ok(())
+}
+
+/// graft's cache: `--cache-dir` / `GRAFT_CACHE_DIR`, else the default.
+pub(crate) fn cache_dir(a: &Args) -> PathBuf {
+    a.cache_dir.clone().unwrap_or_else(default_cache)
+}
+
+pub(crate) fn default_cache_dir() -> PathBuf {
+    default_cache()
 }
 
 fn default_cache() -> PathBuf {
