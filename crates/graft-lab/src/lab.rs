@@ -300,6 +300,36 @@ impl Lab {
         Ok(lab)
     }
 
+    /// The newest kernel of the current series older than the current one
+    /// whose files the archive serves (apt may list kernels whose files are
+    /// gone): the lab's second kernel.
+    pub fn previous_release() -> Result<String, LabError> {
+        let apt = graft_debian::Apt::new();
+        let current = kernel::current_release(&apt)?;
+        let served = kernel::served(&apt, &current.series, &current.flavour)?;
+        for k in served.iter().rev() {
+            if k.release.order() >= current.order() {
+                continue;
+            }
+            let Ok(p) = kernel::packages(&apt, &k.release, Some(&k.debian_version)) else {
+                continue;
+            };
+            if !matches!(
+                kernel::availability(&apt, &p)?,
+                graft_debian::Availability::Missing { .. }
+            ) {
+                return Ok(k.release.name.clone());
+            }
+        }
+        Err(LabError::invalid(
+            format!(
+                "apt serves no downloadable kernel older than {}",
+                current.name
+            ),
+            "`graft kernels` shows what apt lists and what the archive serves",
+        ))
+    }
+
     /// Idempotent: sets up one release beside the others (image, headers and
     /// source fetched with graft-debian, unpacked, prepared; never
     /// installed), then captures its kallsyms in a VM. Does not change the

@@ -29,8 +29,9 @@ struct Cli {
 enum Cmd {
     /// Install and cache everything (idempotent; the first run takes a few minutes)
     Setup {
-        /// Set up this kernel release beside the others (e.g. 6.1.0-47-amd64) instead of
-        /// Debian's current one; it does not become the lab's current release
+        /// Set up this kernel release beside the others (e.g. 6.1.0-47-amd64, or `previous`:
+        /// the newest downloadable one older than the current) instead of Debian's current
+        /// one; it does not become the lab's current release
         #[arg(long, value_name = "RELEASE")]
         release: Option<String>,
     },
@@ -126,6 +127,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Setup { release } => {
             let mut progress = progress_printer();
             let lab = match release {
+                Some(r) if r == "previous" => {
+                    let r = Lab::previous_release()?;
+                    Lab::setup_release(&root, &r, &mut progress)?
+                }
                 Some(r) => Lab::setup_release(&root, &r, &mut progress)?,
                 None => Lab::setup(&root, &mut progress)?,
             };
