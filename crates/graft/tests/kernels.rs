@@ -57,7 +57,10 @@ fn a_kernel_apt_does_not_list_is_one_line_error() {
     ]);
     assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
     let err = stderr(&r);
-    assert!(err.contains(&format!("apt does not list kernel {missing}")), "{err}");
+    assert!(
+        err.contains(&format!("apt does not list kernel {missing}")),
+        "{err}"
+    );
     assert!(err.contains("graft kernels"), "{err}");
 }
 
@@ -103,7 +106,10 @@ fn a_source_version_apt_does_not_serve_is_one_line_error_naming_tree() {
     assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
     let err = stderr(&r);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains(&format!("kernel {} (Debian 0.0.1-1)", lab.release)), "{err}");
+    assert!(
+        err.contains(&format!("kernel {} (Debian 0.0.1-1)", lab.release)),
+        "{err}"
+    );
     // The versions apt has, and the way out.
     assert!(err.contains(&lab.debian_version), "{err}");
     assert!(err.contains("--tree"), "{err}");
@@ -117,7 +123,10 @@ fn a_source_version_apt_does_not_serve_is_one_line_error_naming_tree() {
 fn a_tree_prepared_with_plain_gcc_builds_the_cmdline_fix() {
     let lab = lab();
     let root = variant_tree(&lab, "prepared-with-gcc", |root| {
-        let makefile = std::fs::metadata(root.join("Makefile")).unwrap().modified().unwrap();
+        let makefile = std::fs::metadata(root.join("Makefile"))
+            .unwrap()
+            .modified()
+            .unwrap();
         fn unlink_newer(dir: &std::path::Path, than: std::time::SystemTime) {
             for e in std::fs::read_dir(dir).unwrap().flatten() {
                 let meta = std::fs::symlink_metadata(e.path()).unwrap();
@@ -154,11 +163,64 @@ fn a_tree_prepared_with_plain_gcc_builds_the_cmdline_fix() {
         "the variant was not prepared with plain gcc"
     );
     let out = tempfile::tempdir().unwrap();
-    let mut args = build_args(&lab, &repo_file("tests/patches/cmdline.patch"), "plaingcc", out.path());
+    let mut args = build_args(
+        &lab,
+        &repo_file("tests/patches/cmdline.patch"),
+        "plaingcc",
+        out.path(),
+    );
     set_arg(&mut args, "--tree", &root);
     args.insert(0, "--json".into());
     let built = graft(&args);
-    assert!(built.status.success(), "graft build failed:\n{}", stderr(&built));
+    assert!(
+        built.status.success(),
+        "graft build failed:\n{}",
+        stderr(&built)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&built.stdout).unwrap();
     assert_eq!(summary["verified"][0]["function"], "cmdline_proc_show");
+}
+
+/// `graft build` without `--tree`: a target described by its files (here
+/// the lab's older kernel, as another machine's would be) gets its exact
+/// source, found by the Debian version in its image's banner, from graft's
+/// cache, and its headers fetched beside it.
+#[test]
+fn a_target_without_a_tree_builds_from_its_own_fetched_source() {
+    let labs = lab_kernels();
+    let old = labs.last().unwrap();
+    let cache = kernel_cache(&labs);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("release"), format!("{}\n", old.release)).unwrap();
+    std::fs::copy(old.config(), target.join("config")).unwrap();
+    std::fs::copy(old.vmlinuz(), target.join("vmlinuz")).unwrap();
+    std::os::unix::fs::symlink(old.modules_dir(), target.join("modules")).unwrap();
+    // No symbol table but the image: its own kallsyms tables.
+    std::fs::copy(old.vmlinuz(), target.join("kallsyms")).unwrap();
+    let r = graft(&[
+        "--json".into(),
+        "build".into(),
+        repo_file("tests/patches/cmdline.patch").into(),
+        "--name".into(),
+        "notree".into(),
+        "--target".into(),
+        target.clone().into(),
+        "--output".into(),
+        dir.path().into(),
+        "--cache-dir".into(),
+        cache.into(),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let summary: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(summary["verified"][0]["function"], "cmdline_proc_show");
+    // Built against the old kernel's headers: its release in vermagic.
+    let ko = std::fs::read(dir.path().join("livepatch-notree.ko")).unwrap();
+    let vermagic = format!("vermagic={} ", old.release);
+    assert!(
+        ko.windows(vermagic.len()).any(|w| w == vermagic.as_bytes()),
+        "the module is not built for {}",
+        old.release
+    );
 }

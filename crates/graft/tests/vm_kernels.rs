@@ -51,7 +51,8 @@ fn fix_for_one(a: &Lab, b: &Lab) -> String {
         files.sort();
         for rel in files {
             if let Some((n, line)) = line_only_in(&ta, &tb, &rel) {
-                let cmdline = std::fs::read_to_string(repo_file("tests/patches/cmdline.patch")).unwrap();
+                let cmdline =
+                    std::fs::read_to_string(repo_file("tests/patches/cmdline.patch")).unwrap();
                 return format!(
                     "{cmdline}--- a/{rel}\n+++ b/{rel}\n@@ -{n} +{n} @@\n-{line}\n+{line} // graft test: only in {}\n",
                     a.release
@@ -104,7 +105,11 @@ fn one_fix_built_for_two_kernels_each_live_in_its_own() {
 
     // The cmdline fix applies to both: two modules, one per kernel.
     let built = graft(&args(&repo_file("tests/patches/cmdline.patch"), out.path()));
-    assert!(built.status.success(), "graft build failed:\n{}", stderr(&built));
+    assert!(
+        built.status.success(),
+        "graft build failed:\n{}",
+        stderr(&built)
+    );
     let report: serde_json::Value = serde_json::from_slice(&built.stdout).expect("JSON");
     for (i, l) in [a, b].iter().enumerate() {
         assert_eq!(report[i]["release"], l.release.as_str());
@@ -126,7 +131,8 @@ fn one_fix_built_for_two_kernels_each_live_in_its_own() {
         .unwrap();
         assert_eq!(line_value(&run, "RELEASE:"), l.release);
         assert!(
-            run.lines_with_prefix("STEP:").contains(&"STEP: transition done"),
+            run.lines_with_prefix("STEP:")
+                .contains(&"STEP: transition done"),
             "{}: console:\n{}",
             l.release,
             run.console
@@ -148,9 +154,17 @@ fn one_fix_built_for_two_kernels_each_live_in_its_own() {
     assert_eq!(partial.status.code(), Some(6), "{}", stderr(&partial));
     let report: serde_json::Value = serde_json::from_slice(&partial.stdout).expect("JSON");
     assert_eq!(report[0]["built"], true, "{report:#}");
-    assert!(out2.path().join(&a.release).join("livepatch-kernels.ko").is_file());
+    assert!(out2
+        .path()
+        .join(&a.release)
+        .join("livepatch-kernels.ko")
+        .is_file());
     assert_eq!(report[1]["built"], false, "{report:#}");
     let why = report[1]["error"].as_str().unwrap();
     assert!(why.contains("does not apply"), "{why}");
-    assert!(!out2.path().join(&b.release).join("livepatch-kernels.ko").exists());
+    assert!(!out2
+        .path()
+        .join(&b.release)
+        .join("livepatch-kernels.ko")
+        .exists());
 }

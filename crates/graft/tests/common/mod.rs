@@ -191,7 +191,10 @@ pub fn kernel_cache(labs: &[Lab]) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/cache/graft"));
     for l in labs {
-        let at = root.join("kernels").join(&l.release).join(&l.debian_version);
+        let at = root
+            .join("kernels")
+            .join(&l.release)
+            .join(&l.debian_version);
         if std::fs::symlink_metadata(&at).is_err() {
             std::fs::create_dir_all(at.parent().unwrap()).unwrap();
             std::os::unix::fs::symlink(l.dir(), &at).unwrap();
