@@ -252,7 +252,6 @@ fn releases(apt: &Apt, specs: &[String]) -> Result<Vec<Release>> {
             })?);
         }
     }
-    v.dedup();
     let mut seen = Vec::new();
     v.retain(|r| {
         let new = !seen.contains(&r.name);
