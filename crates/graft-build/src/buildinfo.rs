@@ -62,31 +62,10 @@ pub fn headers_release(headers: &Path) -> Result<String> {
             p.display()
         )
     })?;
-    parse_uts_release(&text).with_context(|| {
+    graft_kbuild::config::uts_release(&text).with_context(|| {
         format!(
             "{} has no UTS_RELEASE; hint: pass prepared kernel headers with --headers",
             p.display()
         )
     })
-}
-
-fn parse_uts_release(text: &str) -> Option<String> {
-    text.lines().find_map(|l| {
-        let rest = l.trim().strip_prefix("#define UTS_RELEASE")?;
-        Some(rest.trim().trim_matches('"').to_owned())
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uts_release() {
-        assert_eq!(
-            parse_uts_release("#define UTS_RELEASE \"6.1.0-56-amd64\"\n").as_deref(),
-            Some("6.1.0-56-amd64")
-        );
-        assert_eq!(parse_uts_release("nothing"), None);
-    }
 }

@@ -6,11 +6,14 @@
 //! module is built out of tree against the kernel's headers ([`module`]).
 
 pub mod compile;
+pub mod compiler;
+pub mod config;
 pub mod headers;
 pub mod lines;
 pub mod mirror;
 pub mod module;
 pub mod patch;
+pub mod prepare;
 pub mod tree;
 
 use std::path::PathBuf;
@@ -29,8 +32,14 @@ pub enum KbuildError {
         count: usize,
         example: String,
     },
-    #[error("the target kernel was built with {want:?} but this machine has {have:?}; another compiler makes other code; hint: install the target's compiler (Debian: the gcc package the kernel names)")]
-    CompilerMismatch { want: String, have: String },
+    #[error("the target kernel was built with {want:?} but the tree's compiler is {have:?}; another compiler makes other code; hint: {hint}")]
+    CompilerMismatch {
+        want: String,
+        have: String,
+        hint: String,
+    },
+    #[error("the kernel was built with {want:?}, which is not on this machine; hint: {hint}")]
+    NoCompiler { want: String, hint: String },
     #[error("{path}: not a patch: {why}; hint: pass a unified diff (git diff, diff -u)")]
     BadPatch { path: PathBuf, why: String },
     #[error("the patch does not apply to {tree} ({output}); hint: rebase the fix onto this kernel's source")]

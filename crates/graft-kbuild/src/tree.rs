@@ -1,9 +1,8 @@
 //! Recognizing a usable kernel tree.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::KbuildError;
+use crate::{compiler, config, KbuildError};
 
 /// A configured and prepared kernel source tree (read only).
 #[derive(Debug, Clone)]
@@ -68,18 +67,25 @@ impl KernelTree {
     }
 
     /// Checks that the tree is configured like the target kernel: every
-    /// option the target sets has the same value here.
+    /// option the target sets has the same value here (an option the target
+    /// leaves unset may be absent). The compiler's own options are
+    /// [`KernelTree::check_compiler`]'s: an equivalent compiler records
+    /// another name in `CC_VERSION_TEXT`.
     pub fn check_config(&self, target_config: &Path) -> Result<(), KbuildError> {
         let read =
             |p: &Path| std::fs::read_to_string(p).map_err(crate::io(p.display().to_string()));
-        let want = parse_config(&read(target_config)?);
-        let have = parse_config(&read(&self.root.join(".config"))?);
+        let want = config::parse(&read(target_config)?);
+        let have = config::parse(&read(&self.root.join(".config"))?);
         let diffs: Vec<String> = want
             .iter()
-            .filter(|(k, v)| have.get(*k) != Some(v))
+            .filter(|(k, _)| k.as_str() != "CC_VERSION_TEXT")
+            .filter(|(k, v)| match have.get(*k) {
+                Some(h) => h != *v,
+                None => v.as_str() != "n",
+            })
             .map(|(k, v)| {
                 format!(
-                    "{k}={v} in the target, {} in the tree",
+                    "CONFIG_{k}={v} in the target, {} in the tree",
                     have.get(k).map_or("unset".to_owned(), |h| h.clone())
                 )
             })
@@ -96,44 +102,36 @@ impl KernelTree {
 }
 
 impl KernelTree {
-    /// Checks that the compiler kbuild will run is the one the target was
-    /// built with (`CONFIG_CC_VERSION_TEXT`): another compiler makes other code.
-    pub fn check_compiler(&self, target_config: &Path) -> Result<(), KbuildError> {
-        let text = std::fs::read_to_string(target_config)
-            .map_err(crate::io(target_config.display().to_string()))?;
-        let Some(want) = parse_config(&text)
-            .get("CONFIG_CC_VERSION_TEXT")
-            .map(|v| v.trim_matches('"').to_owned())
-        else {
-            return Ok(());
-        };
-        let cc = self
-            .make_vars
+    /// The compiler kbuild will run in (a copy of) this tree: `CC=` of its
+    /// make variables, else `gcc`.
+    pub fn compiler(&self) -> String {
+        self.make_vars
             .iter()
             .find_map(|v| v.strip_prefix("CC="))
             .unwrap_or("gcc")
-            .to_owned();
-        let out = std::process::Command::new(&cc).arg("--version").output();
-        let have = match out {
-            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_owned(),
-            _ => String::new(),
+            .to_owned()
+    }
+
+    /// Checks that the compiler kbuild will run is the one the target was
+    /// built with (`CONFIG_CC_VERSION_TEXT`): another compiler makes other
+    /// code. The same compiler run by another name is the same compiler
+    /// (see [`compiler`]).
+    pub fn check_compiler(&self, target_config: &Path) -> Result<(), KbuildError> {
+        let text = std::fs::read_to_string(target_config)
+            .map_err(crate::io(target_config.display().to_string()))?;
+        let Some(want) = config::string(&text, "CC_VERSION_TEXT") else {
+            return Ok(());
         };
-        if have != want {
-            return Err(KbuildError::CompilerMismatch {
-                want,
-                have: if have.is_empty() {
-                    format!("no working {cc}")
-                } else {
-                    have
-                },
-            });
+        let cc = self.compiler();
+        let have = compiler::version_text(&cc);
+        if have.as_deref().is_some_and(|h| compiler::same(&want, h)) {
+            return Ok(());
         }
-        Ok(())
+        Err(KbuildError::CompilerMismatch {
+            hint: compiler::hint(&want),
+            want,
+            have: have.unwrap_or_else(|| format!("no working {cc}")),
+        })
     }
 }
 
@@ -142,21 +140,18 @@ impl KernelTree {
 /// same `CC` and `KERNELRELEASE` would silently reconfigure the tree.
 fn make_vars(root: &Path) -> Vec<String> {
     let mut vars = Vec::new();
-    let config = std::fs::read_to_string(root.join(".config")).unwrap_or_default();
-    let cfg = parse_config(&config);
-    if cfg.get("CONFIG_CC_IS_GCC").map(String::as_str) == Some("y") {
-        if let Some(text) = cfg.get("CONFIG_CC_VERSION_TEXT") {
-            if let Some(cc) = text.trim_matches('"').split_whitespace().next() {
-                if cc != "gcc"
-                    && cc
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
-                {
-                    vars.push(format!("CC={cc}"));
-                }
+    let text = std::fs::read_to_string(root.join(".config")).unwrap_or_default();
+    let cfg = config::parse(&text);
+    if cfg.get("CC_IS_GCC").map(String::as_str) == Some("y") {
+        if let Some(cc) = config::string(&text, "CC_VERSION_TEXT")
+            .as_deref()
+            .and_then(compiler::program)
+        {
+            if cc != "gcc" {
+                vars.push(format!("CC={cc}"));
             }
         }
-    } else if cfg.get("CONFIG_CC_IS_CLANG").map(String::as_str) == Some("y") {
+    } else if cfg.get("CC_IS_CLANG").map(String::as_str) == Some("y") {
         vars.push("CC=clang".into());
     }
     // The release the tree was prepared with is the one compiled in
@@ -164,22 +159,8 @@ fn make_vars(root: &Path) -> Vec<String> {
     // tree was prepared with KERNELRELEASE= on the command line, as distros do.
     let uts =
         std::fs::read_to_string(root.join("include/generated/utsrelease.h")).unwrap_or_default();
-    if let Some(rel) = uts
-        .lines()
-        .find_map(|l| l.strip_prefix("#define UTS_RELEASE "))
-        .map(|v| v.trim().trim_matches('"').to_owned())
-        .filter(|r| !r.is_empty() && !r.contains(char::is_whitespace))
-    {
+    if let Some(rel) = config::uts_release(&uts) {
         vars.push(format!("KERNELRELEASE={rel}"));
     }
     vars
-}
-
-/// `CONFIG_X=value` lines of a kernel config.
-pub fn parse_config(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter(|l| l.starts_with("CONFIG_"))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
 }

@@ -27,38 +27,6 @@ fn spawn_error(cmd: &Command, e: std::io::Error, hint: &str) -> LabError {
     }
 }
 
-/// Runs `cmd` and returns its stdout. stderr is kept for the error message only.
-pub(crate) fn capture(cmd: &mut Command, hint: &str) -> Result<String, LabError> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| spawn_error(cmd, e, hint))?;
-    if !out.status.success() {
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        return Err(LabError::Command {
-            command: describe(cmd),
-            status: out.status.to_string(),
-            output_tail: tail_lines(&text, OUTPUT_TAIL_LINES),
-            hint: hint.to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Like [`capture`] but a failing exit status is returned as `Ok((false, stdout))`, for look-ups
-/// where "not found" is an answer rather than an error.
-pub(crate) fn capture_status(cmd: &mut Command, hint: &str) -> Result<(bool, String), LabError> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| spawn_error(cmd, e, hint))?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    ))
-}
-
 /// Runs `cmd` with stdout and stderr appended to `log` (long builds would flood memory and the
 /// terminal); on failure the error quotes the end of the log and names it.
 pub(crate) fn logged(cmd: &mut Command, log: &Path, hint: &str) -> Result<(), LabError> {

@@ -31,19 +31,6 @@ pub enum LabError {
     #[error("{what} (hint: {hint})")]
     Apt { what: String, hint: String },
 
-    /// The kernel image and the kernel source come from different Debian uploads: refusing to pair them,
-    /// because objects built from that source would not match the image's code.
-    #[error(
-        "version mismatch: {image_package} is {image_version} but {source_package} is {source_version} \
-         (hint: wait until the archive carries both at the same version, or run `apt-get update`)"
-    )]
-    VersionMismatch {
-        image_package: String,
-        image_version: String,
-        source_package: String,
-        source_version: String,
-    },
-
     /// A lab directory is missing or incomplete.
     #[error("lab at {} is not set up: {missing} (hint: run `graft-lab setup`)", root.display())]
     NotSetUp { root: PathBuf, missing: String },
@@ -51,6 +38,10 @@ pub enum LabError {
     /// Something produced by setup (tree, image, kallsyms) is not what it should be.
     #[error("{what} (hint: {hint})")]
     Invalid { what: String, hint: String },
+
+    /// Fetching or preparing the kernel failed.
+    #[error(transparent)]
+    Debian(#[from] graft_debian::DebianError),
 
     /// The VM did not finish within its time budget; QEMU was killed.
     #[error(

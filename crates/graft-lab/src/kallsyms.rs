@@ -69,36 +69,17 @@ pub fn extract_table(raw: &str) -> Result<(String, KallsymsStats), LabError> {
     Ok((table, stats))
 }
 
-/// Checks that `table` looks like a complete `/proc/kallsyms` of a kernel booted without KASLR.
+/// Checks that `table` looks like a complete `/proc/kallsyms` of a kernel booted without KASLR
+/// (read with graft-target's parser, the product's).
 pub fn validate(table: &str) -> Result<KallsymsStats, LabError> {
-    let mut lines = 0usize;
-    let mut zero = 0usize;
-    let mut text_address = None;
-    for (i, line) in table.lines().enumerate() {
-        let mut f = line.split_whitespace();
-        let (Some(addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else {
-            return Err(LabError::invalid(
-                format!("kallsyms line {} is malformed: `{line}`", i + 1),
-                "re-run `graft-lab kallsyms`",
-            ));
-        };
-        let addr = u64::from_str_radix(addr, 16)
-            .ok()
-            .filter(|_| kind.len() == 1);
-        let Some(addr) = addr else {
-            return Err(LabError::invalid(
-                format!("kallsyms line {} is malformed: `{line}`", i + 1),
-                "re-run `graft-lab kallsyms`",
-            ));
-        };
-        if addr == 0 {
-            zero += 1;
-        }
-        if name == "_text" {
-            text_address = Some(addr);
-        }
-        lines += 1;
-    }
+    let parsed = graft_target::SymbolTable::parse(table).map_err(|(line, text)| {
+        LabError::invalid(
+            format!("kallsyms line {line} is malformed: `{text}`"),
+            "re-run `graft-lab kallsyms`",
+        )
+    })?;
+    let lines = parsed.len();
+    let zero = parsed.entries().iter().filter(|e| e.address == 0).count();
     if lines < MIN_SYMBOLS {
         return Err(LabError::invalid(
             format!("kallsyms has only {lines} symbols (expected at least {MIN_SYMBOLS})"),
@@ -112,12 +93,16 @@ pub fn validate(table: &str) -> Result<KallsymsStats, LabError> {
             "the guest hid addresses (kptr_restrict); re-run `graft-lab kallsyms`",
         ));
     }
-    let text_address = text_address.ok_or_else(|| {
-        LabError::invalid(
-            "kallsyms has no `_text` symbol",
-            "re-run `graft-lab kallsyms`",
-        )
-    })?;
+    let text_address = parsed
+        .lookup("vmlinux", "_text")
+        .first()
+        .map(|e| e.address)
+        .ok_or_else(|| {
+            LabError::invalid(
+                "kallsyms has no `_text` symbol",
+                "re-run `graft-lab kallsyms`",
+            )
+        })?;
     if text_address != NOKASLR_TEXT {
         return Err(LabError::invalid(
             format!("`_text` is at {text_address:#x}, not {NOKASLR_TEXT:#x}: KASLR was active"),

@@ -28,9 +28,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install and cache everything (idempotent; the first run takes a few minutes)
-    Setup,
+    Setup {
+        /// Set up this kernel release beside the others (e.g. 6.1.0-47-amd64, or `previous`:
+        /// the newest downloadable one older than the current) instead of Debian's current
+        /// one; it does not become the lab's current release
+        #[arg(long, value_name = "RELEASE")]
+        release: Option<String>,
+    },
     /// Show the lab's release, versions and paths
     Info {
+        /// Another release the lab holds
+        #[arg(long, value_name = "RELEASE")]
+        release: Option<String>,
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
@@ -115,13 +124,23 @@ fn progress_printer() -> impl FnMut(&str) {
 fn run(cli: Cli) -> Result<ExitCode> {
     let root = cli.root.unwrap_or_else(Lab::default_root);
     match cli.command {
-        Cmd::Setup => {
+        Cmd::Setup { release } => {
             let mut progress = progress_printer();
-            let lab = Lab::setup(&root, &mut progress)?;
+            let lab = match release {
+                Some(r) if r == "previous" => {
+                    let r = Lab::previous_release()?;
+                    Lab::setup_release(&root, &r, &mut progress)?
+                }
+                Some(r) => Lab::setup_release(&root, &r, &mut progress)?,
+                None => Lab::setup(&root, &mut progress)?,
+            };
             print_summary(&lab);
         }
-        Cmd::Info { json } => {
-            let lab = Lab::open(&root)?;
+        Cmd::Info { json, release } => {
+            let lab = match release {
+                Some(r) => Lab::open_release(&root, &r)?,
+                None => Lab::open(&root)?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&lab.info_json())?);
             } else {

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use object::read::elf::{ElfFile64, SectionHeader as _};
 use object::{Endianness, Object, ObjectSection, ObjectSymbol};
 
+use crate::embedded::{read_tables, Section};
+use crate::SymbolTable;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("cannot read the kernel image {path}: {source}; hint: pass the target's vmlinuz with --image")]
@@ -23,6 +26,8 @@ pub enum ImageError {
     NoPayload { path: PathBuf },
     #[error("{path}: the kernel inside is not a valid ELF: {what}")]
     BadElf { path: PathBuf, what: String },
+    #[error("{path}: {why}; hint: pass the target's symbol table with --symbols (its /proc/kallsyms, read as root)")]
+    NoSymbols { path: PathBuf, why: String },
 }
 
 /// A contiguous range of kernel memory with its bytes.
@@ -30,6 +35,8 @@ pub enum ImageError {
 struct Range {
     addr: u64,
     bytes: std::ops::Range<usize>,
+    /// `.rodata` holds the kallsyms tables: searched first.
+    rodata: bool,
 }
 
 /// The decompressed kernel, addressable by link-time virtual address.
@@ -89,6 +96,7 @@ impl KernelImage {
             ranges.push(Range {
                 addr: s.address(),
                 bytes: off..off + size,
+                rodata: s.name() == Ok(".rodata"),
             });
         }
         let text_start = file
@@ -102,6 +110,46 @@ impl KernelImage {
             elf,
             ranges,
             text_start,
+        })
+    }
+
+    /// The kernel's symbol table, from the kallsyms tables the image carries
+    /// (see [`crate::embedded`]): what `/proc/kallsyms` of this kernel booted
+    /// with `nokaslr` lists for vmlinux.
+    pub fn symbols(&self) -> Result<SymbolTable, ImageError> {
+        let mut sections: Vec<Section<'_>> = self
+            .ranges
+            .iter()
+            .map(|r| Section {
+                address: r.addr,
+                bytes: &self.elf[r.bytes.clone()],
+            })
+            .collect();
+        // .rodata first: that is where scripts/kallsyms.c puts them.
+        sections.sort_by_key(|s| !self.ranges.iter().any(|r| r.rodata && r.addr == s.address));
+        let entries = read_tables(&sections).map_err(|e| ImageError::NoSymbols {
+            path: self.path.clone(),
+            why: e.to_string(),
+        })?;
+        Ok(SymbolTable::from_entries(entries))
+    }
+
+    /// The kernel's banner (`linux_banner`, what `/proc/version` prints):
+    /// `Linux version 6.1.0-48-amd64 (…) #1 SMP PREEMPT_DYNAMIC Debian 6.1.172-1 (…)`.
+    pub fn banner(&self) -> Option<String> {
+        const START: &[u8] = b"Linux version ";
+        self.ranges.iter().filter(|r| r.rodata).find_map(|r| {
+            let bytes = &self.elf[r.bytes.clone()];
+            bytes.windows(START.len()).enumerate().find_map(|(i, w)| {
+                if w != START {
+                    return None;
+                }
+                let rest = &bytes[i..];
+                let end = rest.iter().position(|&c| c == 0 || c == b'\n')?;
+                let text = std::str::from_utf8(&rest[..end]).ok()?;
+                // The banner names a release and a build: `#<n>`.
+                text.contains(" #").then(|| text.to_owned())
+            })
         })
     }
 

@@ -42,15 +42,24 @@ pub enum SymposError {
 }
 
 impl SymbolTable {
-    /// Reads a symbol table: a kallsyms dump, a full `System.map`, or a
-    /// vmlinux ELF with its symbols.
+    /// Reads a symbol table: a kallsyms dump, a full `System.map`, a
+    /// vmlinux ELF with its symbols, or a kernel image (`vmlinuz`, or a
+    /// stripped vmlinux), from the kallsyms tables it carries.
     pub fn read(path: &Path) -> Result<SymbolTable, TargetError> {
         let bytes = std::fs::read(path).map_err(|source| TargetError::Io {
             path: path.to_owned(),
             source,
         })?;
         if bytes.starts_with(b"\x7fELF") {
-            return SymbolTable::from_vmlinux(path, &bytes);
+            return match SymbolTable::from_vmlinux(path, &bytes) {
+                // A stripped vmlinux still carries kallsyms.
+                Err(TargetError::Empty { .. }) => Ok(crate::KernelImage::read(path)?.symbols()?),
+                other => other,
+            };
+        }
+        // A boot image: x86's bzImage has its `HdrS` setup header at 0x202.
+        if bytes.get(0x202..0x206) == Some(b"HdrS") {
+            return Ok(crate::KernelImage::read(path)?.symbols()?);
         }
         let text = String::from_utf8_lossy(&bytes);
         if text.lines().count() <= 2 && text.contains("System.map") {
@@ -169,6 +178,20 @@ impl SymbolTable {
             });
         }
         Ok(table)
+    }
+
+    /// A table of `entries`, in the order given (the table order).
+    pub fn from_entries(entries: impl IntoIterator<Item = KallsymsEntry>) -> SymbolTable {
+        let mut table = SymbolTable::default();
+        for e in entries {
+            table.push(e);
+        }
+        table
+    }
+
+    /// Every entry, in table order.
+    pub fn entries(&self) -> &[KallsymsEntry] {
+        &self.entries
     }
 
     pub(crate) fn push_entry(&mut self, entry: KallsymsEntry) {

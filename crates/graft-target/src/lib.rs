@@ -1,6 +1,7 @@
 //! The target kernel as graft sees it: its symbol table (kallsyms format)
 //! and the symbols it exports to modules (`Module.symvers`).
 
+pub mod embedded;
 mod image;
 mod kallsyms;
 mod module;
@@ -34,4 +35,6 @@ pub enum TargetError {
     StubSystemMap { path: std::path::PathBuf },
     #[error("{path}: the symbol table is empty; hint: read /proc/kallsyms as root (as non-root every address reads 0)")]
     Empty { path: std::path::PathBuf },
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
 }

@@ -1,107 +1,135 @@
 //! `graft build`: arguments, progress and output; the pipeline itself is
-//! the `graft-build` library.
+//! the `graft-build` library, and builds for several kernels are in
+//! `kernels.rs`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use graft_build::{BuildReport, Event, Overrides, TargetPaths};
+use graft_build::{BuildReport, Event, TargetPaths};
 
 use crate::output::Steps;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The source fix, a unified diff against the kernel tree (-p1).
-    patch: PathBuf,
-    /// The kernel source tree, configured and prepared like the target kernel.
-    #[arg(long, short = 't')]
-    tree: PathBuf,
+    pub(crate) patch: PathBuf,
+    /// The kernel source tree, configured and prepared like the target kernel
+    /// [default: on Debian, the target's exact source, fetched and prepared
+    /// in graft's cache].
+    #[arg(long, short = 't', conflicts_with = "kernel")]
+    pub(crate) tree: Option<PathBuf>,
+    /// Build for this Debian kernel release (e.g. 6.1.0-47-amd64), fetching
+    /// its image, headers and source into graft's cache; repeatable; `all`
+    /// for every kernel of the series apt serves. Each module is written to
+    /// <output>/<release>/.
+    #[arg(long, value_name = "RELEASE", conflicts_with_all = ["target", "config", "symbols", "headers", "modules", "image"])]
+    pub(crate) kernel: Vec<String>,
     /// The patch's name: the module is `livepatch-<name>.ko`.
     #[arg(long, short = 'n')]
-    name: String,
+    pub(crate) name: String,
     /// A directory describing another machine's kernel: release, config,
     /// kallsyms (or System.map or vmlinux), vmlinuz, modules/ and headers/
     /// [default: the running kernel].
     #[arg(long)]
-    target: Option<PathBuf>,
+    pub(crate) target: Option<PathBuf>,
     /// The target kernel's config [default: /boot/config-$(uname -r)].
     #[arg(long)]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// The target kernel's symbol table, kallsyms format [default: /proc/kallsyms].
     #[arg(long)]
-    symbols: Option<PathBuf>,
+    pub(crate) symbols: Option<PathBuf>,
     /// The target kernel's headers, with Module.symvers [default: /lib/modules/$(uname -r)/build].
     #[arg(long)]
-    headers: Option<PathBuf>,
+    pub(crate) headers: Option<PathBuf>,
     /// Where to write the module.
     #[arg(long, short = 'o', default_value = ".")]
-    output: PathBuf,
+    pub(crate) output: PathBuf,
     /// Where graft keeps its private copy of the tree [default: /var/cache/graft/build as root, else ~/.cache/graft/build].
     #[arg(long, env = "GRAFT_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
+    pub(crate) cache_dir: Option<PathBuf>,
     /// The target kernel's modules, for files built into a module [default: /lib/modules/$(uname -r)].
     #[arg(long)]
-    modules: Option<PathBuf>,
+    pub(crate) modules: Option<PathBuf>,
     /// The target kernel's boot image, to verify the build against [default: /boot/vmlinuz-$(uname -r)].
     #[arg(long)]
-    image: Option<PathBuf>,
+    pub(crate) image: Option<PathBuf>,
     /// Skip run-pre verification (the build is then not proven to match the target's code).
     #[arg(long)]
-    no_verify: bool,
+    pub(crate) no_verify: bool,
     /// Build a patch that stacks on loaded ones instead of replacing them.
     #[arg(long)]
-    no_replace: bool,
+    pub(crate) no_replace: bool,
     /// Parallel compile jobs [default: number of CPUs].
     #[arg(long, short = 'j')]
-    jobs: Option<usize>,
+    pub(crate) jobs: Option<usize>,
     /// Keep the work directory (original and patched objects, the module's
     /// sources) in DIR when the build ends, for inspection.
     #[arg(long, value_name = "DIR")]
-    keep_work: Option<PathBuf>,
+    pub(crate) keep_work: Option<PathBuf>,
 }
 
 pub fn run(a: Args, json: bool) -> Result<()> {
-    let target = TargetPaths::resolve(&Overrides {
-        target: a.target.clone(),
-        config: a.config.clone(),
-        symbols: a.symbols.clone(),
-        image: a.image.clone(),
-        modules: a.modules.clone(),
-        headers: a.headers.clone(),
-    })?;
+    if !a.kernel.is_empty() {
+        return crate::kernels::build_each(&a, json);
+    }
+    let (tree, target) = crate::kernels::single_target(&a, json)?;
+    let report = build(&a, &tree, &target, &a.output, json)?;
+    print(&report, json)
+}
+
+/// Builds the module for one target kernel from `tree` into `output`.
+pub(crate) fn build(
+    a: &Args,
+    tree: &Path,
+    target: &TargetPaths,
+    output: &Path,
+    json: bool,
+) -> Result<BuildReport> {
     let inputs = graft_build::Inputs {
-        patch: a.patch,
-        tree: a.tree,
-        name: a.name,
-        target,
-        output: a.output,
-        cache: a.cache_dir.unwrap_or_else(graft_build::default_cache),
+        patch: a.patch.clone(),
+        tree: tree.to_owned(),
+        name: a.name.clone(),
+        target: target.clone(),
+        output: output.to_owned(),
+        cache: cache_dir(a),
         no_verify: a.no_verify,
         no_replace: a.no_replace,
         jobs: a
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-        keep_work: a.keep_work,
+        keep_work: a.keep_work.clone(),
     };
     let mut steps = Steps::new(json);
     let report = graft_build::build(&inputs, &mut |e| match e {
         Event::Step(what) => steps.step(what),
     });
     steps.finish();
-    let report = match report {
-        Ok(r) => r,
+    match report {
+        Ok(r) => Ok(r),
         // Refusals keep their type (exit code 3); failures are their cause.
-        Err(graft_build::BuildError::Failed(e)) => return Err(e),
-        Err(e) => return Err(e.into()),
-    };
+        Err(graft_build::BuildError::Failed(e)) => Err(e),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Prints what was built: text, or the JSON report.
+pub(crate) fn print(report: &BuildReport, json: bool) -> Result<()> {
     for w in &report.warnings {
         eprintln!("graft: warning: {w}");
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print_human(&report);
+        print_human(report);
     }
     Ok(())
+}
+
+/// graft's cache: `--cache-dir` / `GRAFT_CACHE_DIR`, else the default.
+pub(crate) fn cache_dir(a: &Args) -> PathBuf {
+    a.cache_dir
+        .clone()
+        .unwrap_or_else(graft_build::default_cache)
 }
 
 fn print_human(r: &BuildReport) {

@@ -5,6 +5,7 @@ mod build;
 mod diff;
 mod info;
 mod install;
+mod kernels;
 mod list;
 mod load;
 mod opsui;
@@ -31,6 +32,10 @@ pub mod exit {
     /// A transition stalled and so did its reversal: the kernel keeps
     /// trying; the operator must look (`graft list`).
     pub const STUCK: u8 = 5;
+    /// `graft build --kernel` with several kernels: some were built, the
+    /// others were not (each reported with its reason). When none was
+    /// built the code is 3 if every kernel refused the patch, else 1.
+    pub const PARTIAL: u8 = 6;
 }
 
 #[derive(Parser)]
@@ -67,6 +72,9 @@ enum Command {
     Install(install::InstallArgs),
     /// Remove a live patch kept for boot.
     Uninstall(install::UninstallArgs),
+    /// The Debian kernels apt serves (and whether their files can be
+    /// downloaded), and those in graft's cache.
+    Kernels(kernels::KernelsArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +88,7 @@ fn main() -> ExitCode {
         Command::Info(a) => info::run(a, cli.json),
         Command::Install(a) => install::install(a, cli.json),
         Command::Uninstall(a) => install::uninstall(a, cli.json),
+        Command::Kernels(a) => kernels::list(a, cli.json),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

@@ -165,3 +165,44 @@ pub fn line_value(run: &graft_lab::ScenarioOutput, prefix: &str) -> String {
     );
     lines[0][prefix.len()..].trim().to_owned()
 }
+
+/// The lab's releases, current first: the kernels `--kernel` tests build for.
+pub fn lab_kernels() -> Vec<Lab> {
+    let root = Lab::default_root();
+    let current = lab();
+    let mut v = vec![current.clone()];
+    for r in Lab::releases(&root).unwrap() {
+        if r != current.release {
+            v.push(Lab::open_release(&root, &r).unwrap());
+        }
+    }
+    // The newest other ABI first.
+    v[1..].reverse();
+    v
+}
+
+/// A graft cache in which `--kernel` finds the lab's kernels ready: each
+/// lab release directory is a graft-debian kernel directory, so
+/// `kernels/<release>/<version>` links to it (unless the cache already has
+/// that kernel). Downloading and preparing are the lab setup's, which runs
+/// the same fetch code.
+pub fn kernel_cache(labs: &[Lab]) -> PathBuf {
+    let root = std::env::var_os("GRAFT_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/graft"));
+    for l in labs {
+        let at = root
+            .join("kernels")
+            .join(&l.release)
+            .join(&l.debian_version);
+        if std::fs::symlink_metadata(&at).is_err() {
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            // Tests running in parallel may race to make it.
+            match std::os::unix::fs::symlink(l.dir(), &at) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => panic!("{e}"),
+                _ => {}
+            }
+        }
+    }
+    root
+}
