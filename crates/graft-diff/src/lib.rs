@@ -22,6 +22,7 @@ pub mod markers;
 pub mod names;
 pub mod rules;
 pub mod special;
+pub mod types;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -284,6 +285,15 @@ pub fn analyze(orig: &Object, patched: &Object, opts: &Options<'_>) -> ObjectDif
     let blocked = callees::promote(&ctx, &mut out, &ignored, opts.module.is_some());
     promote_parts(&mut out, &ignored);
     out.refusals = rules::check(&ctx, &out, opts, &blocked);
+    out.refusals.extend(
+        types::changed_layouts(orig, patched)
+            .into_iter()
+            .map(|(ty, what)| Refusal {
+                object: out.object.clone(),
+                symbol: ty,
+                rule: Rule::LayoutChanged { what },
+            }),
+    );
     out.shared_state = rules::shared_state(&ctx, &out);
     out.refusals.extend(marker_refusals);
     out

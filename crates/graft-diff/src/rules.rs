@@ -35,6 +35,8 @@ pub enum Rule {
         old_size: u64,
         new_size: u64,
     },
+    /// A structure or union whose layout differs between the builds.
+    LayoutChanged { what: String },
     /// A changed constant that writable data points to.
     ConstantInData { constant: String },
     /// Changed code using once/ratelimit/lockdep state the running kernel
@@ -84,6 +86,10 @@ impl fmt::Display for Refusal {
                     "{o}: the initial value or layout of {s} (in {section}) changed{size} [rule: data-changed]: running code already uses the old data, which a live patch cannot rewrite; hint: keep the data and its type as they are and attach new state with a shadow variable (klp_shadow_alloc/klp_shadow_get, Documentation/livepatch/shadow-vars.rst), or convert it in a post-patch callback"
                 )
             }
+            Rule::LayoutChanged { what } => write!(
+                f,
+                "{o}: the layout of {s} changed ({what}) [rule: layout-changed]: the running kernel's code and the objects it holds in memory keep the old layout, which a live patch cannot change; hint: keep the type as it is and attach new fields with a shadow variable (klp_shadow_alloc/klp_shadow_get, Documentation/livepatch/shadow-vars.rst), or use spare or padding space the type already has"
+            ),
             Rule::ConstantInData { constant } => write!(
                 f,
                 "{o}: the constant {constant} changed, and the data {s} points to it [rule: constant-in-data]: the running kernel's {s} keeps pointing to the old constant; hint: change the code that reads it instead, or update {s} in a post-patch callback"

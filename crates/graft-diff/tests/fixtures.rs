@@ -96,7 +96,12 @@ fn run_case(case: &str) -> Vec<String> {
         .iter()
         .map(|r| {
             let v = serde_json::to_value(&r.rule).unwrap();
-            format!("{}:{}", v["rule"].as_str().unwrap(), base(&r.symbol))
+            // A type's name has a space (`struct x`): `struct_x` here.
+            format!(
+                "{}:{}",
+                v["rule"].as_str().unwrap(),
+                base(&r.symbol).replace(' ', "_")
+            )
         })
         .collect();
     let got_shared: Vec<String> = d

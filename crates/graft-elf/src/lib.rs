@@ -6,6 +6,7 @@
 //! two objects (original and patched) alive side by side and indexes into
 //! both; kernel objects are small, so the copy is cheap.
 
+pub mod dwarf;
 pub mod klp;
 mod model;
 

@@ -9,6 +9,7 @@ pub mod compile;
 pub mod compiler;
 pub mod config;
 pub mod headers;
+pub mod index;
 pub mod lines;
 pub mod mirror;
 pub mod module;
