@@ -72,7 +72,7 @@ fn difference(old: &TypeLayout, new: &TypeLayout) -> Option<String> {
 }
 
 fn place(m: &Member) -> String {
-    if m.bit_size != 0 || m.bit_offset % 8 != 0 {
+    if m.bit_size != 0 || !m.bit_offset.is_multiple_of(8) {
         format!("bit {} (+{:#x})", m.bit_offset, m.bit_offset / 8)
     } else {
         format!("+{:#x}", m.bit_offset / 8)
