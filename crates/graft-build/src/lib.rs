@@ -20,7 +20,7 @@ use std::time::Instant;
 
 pub use buildinfo::headers_release;
 pub use error::{BuildError, Refusal};
-pub use report::{BuildReport, Event, FileReport};
+pub use report::{BuildReport, Event, FileReport, HeaderReport};
 pub use target::{Overrides, TargetPaths};
 
 /// Everything a build needs, validated by the caller's argument parser.
@@ -47,7 +47,14 @@ pub struct Inputs {
     /// Keep the work directory (both builds' objects, the module's sources)
     /// here when the build ends, for inspection.
     pub keep_work: Option<PathBuf>,
+    /// The most translation units a header change may make graft compile.
+    pub max_units: usize,
 }
+
+/// [`Inputs::max_units`] unless told otherwise: a header change reaching
+/// more units than this takes longer than an operator expects of a fix
+/// (each unit is compiled twice).
+pub const DEFAULT_MAX_UNITS: usize = 200;
 
 /// Builds the live patch `inputs` describe.
 pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildReport, BuildError> {
@@ -60,10 +67,13 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
     progress(Event::Step("syncing graft's private copy of the tree"));
     let mut ws = workspace::Workspace::open(inputs, sources)?;
 
-    progress(Event::Step("compiling the original objects"));
-    ws.compile_original()?;
-    progress(Event::Step("compiling the patched objects"));
-    ws.compile_patched()?;
+    ws.find_units(progress)?;
+    let first = ws.first_units();
+    ws.compile_pair(&first, progress)?;
+    units::check_layouts(&ws)?;
+    check_unit_count(&ws, inputs.max_units)?;
+    let all = ws.units.clone();
+    ws.compile_pair(&all, progress)?;
 
     let image = if inputs.no_verify {
         None
@@ -99,8 +109,42 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
         states,
         warnings: units::warnings(&units, &diffs),
         klp_relocations: module.klp_relocations,
+        headers: ws
+            .header_units
+            .iter()
+            .map(|(h, u)| HeaderReport {
+                header: h.clone(),
+                units: u.clone(),
+            })
+            .collect(),
+        index_seconds: ws.index_seconds,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// A header included by more units than `max` is refused as a limitation,
+/// naming the count and the way to lift it.
+fn check_unit_count(ws: &workspace::Workspace, max: usize) -> Result<(), BuildError> {
+    if ws.units.len() <= max {
+        return Ok(());
+    }
+    let (header, users) = ws
+        .header_units
+        .iter()
+        .max_by_key(|(_, u)| u.len())
+        .expect("only header changes add units");
+    let examples: Vec<&str> = users.iter().take(3).map(String::as_str).collect();
+    let message = format!(
+        "the change to {header} reaches {} units of the target's build ({}…), {} in all with the patch's other files; graft compiles at most {max} per build [rule: too-many-units]: a live patch must carry every function whose compiled code the header change alters; hint: --max-units {} compiles them all (each twice), or move the change into the .c files that need it",
+        users.len(),
+        examples.join(", "),
+        ws.units.len(),
+        ws.units.len()
+    );
+    Err(BuildError::Refused(vec![Refusal {
+        rule: "too-many-units".into(),
+        message,
+    }]))
 }
 
 fn validate_name(name: &str) -> Result<(), BuildError> {

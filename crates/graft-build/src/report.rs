@@ -19,7 +19,20 @@ pub struct BuildReport {
     /// Things graft accepted but that do not do what they may seem to.
     pub warnings: Vec<String>,
     pub klp_relocations: usize,
+    /// Changed headers and the units of the target that include them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderReport>,
+    /// Seconds spent building the tree's unit index, when this build did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_seconds: Option<f64>,
     pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HeaderReport {
+    pub header: String,
+    /// Objects of the target's build that include it (compiled twice).
+    pub units: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -53,7 +53,7 @@ impl Unit {
 /// Reads both builds of every unit and finds its klp object.
 pub fn read(ws: &Workspace, target: &Target) -> Result<Vec<Unit>> {
     let mut out = Vec::new();
-    for (obj, link) in ws.sources.objects.iter().zip(&ws.linkage) {
+    for (obj, link) in ws.compiled.iter().zip(&ws.linkage) {
         let orig_path = ws.object_path("orig", obj);
         let patched_path = ws.object_path("patched", obj);
         // Objects are named by their path in the tree in every message.
@@ -88,6 +88,35 @@ pub fn read(ws: &Workspace, target: &Target) -> Result<Vec<Unit>> {
         });
     }
     Ok(out)
+}
+
+/// A changed data layout, found in the units compiled so far, refuses the
+/// build before the rest of a header's includers are compiled.
+pub fn check_layouts(ws: &Workspace) -> Result<(), BuildError> {
+    let mut refusals = Vec::new();
+    for obj in &ws.compiled {
+        let orig = Object::read(&ws.object_path("orig", obj))?;
+        let patched = Object::read(&ws.object_path("patched", obj))?;
+        let name = obj.rsplit('/').next().unwrap_or(obj).to_owned();
+        for (ty, what) in graft_diff::types::changed_layouts(&orig, &patched) {
+            let r = graft_diff::Refusal {
+                object: name.clone(),
+                symbol: ty,
+                rule: graft_diff::Rule::LayoutChanged { what },
+            };
+            if !refusals.contains(&r) {
+                refusals.push(r);
+            }
+        }
+        if !refusals.is_empty() {
+            break; // one unit says it; the others would repeat it
+        }
+    }
+    if refusals.is_empty() {
+        Ok(())
+    } else {
+        Err(graft_diff::DiffError::Refused { refusals }.into())
+    }
 }
 
 /// Diffs every unit; the refusals of all units are reported together.
@@ -240,6 +269,10 @@ pub fn file_reports(units: &[Unit], diffs: &[ObjectDiff]) -> Vec<FileReport> {
     units
         .iter()
         .zip(diffs)
+        // A header's includers that did not change are no news.
+        .filter(|(_, d)| {
+            d.included_functions().next().is_some() || d.ignored_changes().next().is_some()
+        })
         .map(|(u, d)| FileReport {
             file: u.file(),
             changed: d.changed_functions().map(|c| c.name.clone()).collect(),

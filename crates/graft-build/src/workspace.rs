@@ -10,14 +10,25 @@ use graft_kbuild::mirror::Mirror;
 use graft_kbuild::patch::SourcePatch;
 use graft_kbuild::tree::KernelTree;
 
-use crate::Inputs;
+use graft_kbuild::index::Index;
+
+use crate::{Event, Inputs};
+
+/// FNV-1a, for cache keys.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 /// The user's inputs, read and checked against the target before any work.
 pub struct Sources {
     pub tree: KernelTree,
     pub patch: SourcePatch,
-    /// The objects kbuild builds from the changed files (`fs/proc/cmdline.o`).
+    /// The objects kbuild builds from the changed C files (`fs/proc/cmdline.o`).
     pub objects: Vec<String>,
+    /// The changed headers; the units that include them are built too.
+    pub headers: Vec<String>,
 }
 
 impl Sources {
@@ -25,6 +36,7 @@ impl Sources {
         let tree = KernelTree::open(&inputs.tree)?;
         let patch = SourcePatch::read(&inputs.patch)?;
         let objects = patch.objects()?;
+        let headers = patch.headers()?;
         let config = &inputs.target.config;
         if !config.is_file() {
             bail!(
@@ -40,6 +52,7 @@ impl Sources {
             tree,
             patch,
             objects,
+            headers,
         })
     }
 }
@@ -50,8 +63,18 @@ pub struct Workspace {
     work: tempfile::TempDir,
     jobs: usize,
     keep: Option<PathBuf>,
-    /// How kbuild links each object (vmlinux or a module), once compiled.
+    /// Every object to compile: the changed C files', then the includers of
+    /// the changed headers.
+    pub units: Vec<String>,
+    /// How kbuild links each compiled object (vmlinux or a module), in the
+    /// order of `compiled`.
     pub linkage: Vec<Linkage>,
+    /// The objects compiled so far, both builds kept in the work directory.
+    pub compiled: Vec<String>,
+    /// For each changed header, the units of the target that include it.
+    pub header_units: Vec<(String, Vec<String>)>,
+    /// How long building the unit index took, when this build built it.
+    pub index_seconds: Option<f64>,
 }
 
 impl Drop for Workspace {
@@ -95,7 +118,11 @@ impl Workspace {
             work,
             jobs: inputs.jobs,
             keep: inputs.keep_work.clone(),
+            units: Vec::new(),
             linkage: Vec::new(),
+            compiled: Vec::new(),
+            header_units: Vec::new(),
+            index_seconds: None,
         })
     }
 
@@ -112,29 +139,110 @@ impl Workspace {
         self.work.path().join(side).join(object)
     }
 
-    pub fn compile_original(&mut self) -> Result<()> {
-        self.linkage = self.compile("the original source")?;
-        self.keep("orig")
+    /// Decides which units to compile: the changed C files, and for a
+    /// changed header every unit of the target's build that includes it,
+    /// found in the tree's unit index (built once per tree state).
+    pub fn find_units(&mut self, progress: &mut dyn FnMut(Event)) -> Result<()> {
+        self.units = self.sources.objects.clone();
+        if self.sources.headers.is_empty() {
+            return Ok(());
+        }
+        progress(Event::Step(
+            "indexing the tree's units and includes (once per tree)",
+        ));
+        let key = self.mirror.fingerprint()
+            ^ self
+                .sources
+                .tree
+                .make_vars
+                .iter()
+                .fold(0u64, |h, v| h.rotate_left(5) ^ fnv(v.as_bytes()));
+        let (index, built) = Index::cached(
+            self.mirror.state_dir(),
+            key,
+            &self.mirror.root,
+            &self.sources.tree.make_vars,
+        )?;
+        if built {
+            self.index_seconds = Some(index.seconds);
+        }
+        for o in &self.sources.objects {
+            if index.unit(o).is_none() {
+                bail!(
+                    "{} is not part of the target kernel's build (kbuild does not compile it with this config: its option is off, or it is not built for x86-64); hint: a fix to code the kernel does not have needs no live patch",
+                    o.trim_end_matches(".o").to_owned() + ".c"
+                );
+            }
+        }
+        for h in &self.sources.headers {
+            let users: Vec<String> = index
+                .includers(h)
+                .into_iter()
+                .map(|u| u.object.clone())
+                .collect();
+            for u in &users {
+                if !self.units.contains(u) {
+                    self.units.push(u.clone());
+                }
+            }
+            self.header_units.push((h.clone(), users));
+        }
+        Ok(())
     }
 
-    /// Patches the copy, compiles, and reverts it whatever happened.
-    pub fn compile_patched(&mut self) -> Result<()> {
+    /// The units to compile first: the changed C files and one includer
+    /// of each changed header, enough to see a changed data layout before
+    /// compiling every includer.
+    pub fn first_units(&self) -> Vec<String> {
+        let mut first = self.sources.objects.clone();
+        for (_, users) in &self.header_units {
+            if let Some(u) = users.first() {
+                if !first.contains(u) {
+                    first.push(u.clone());
+                }
+            }
+        }
+        first
+    }
+
+    /// Compiles `objects` from the original source, then from the patched
+    /// source (the copy is reverted whatever happens), keeping both builds.
+    pub fn compile_pair(
+        &mut self,
+        objects: &[String],
+        progress: &mut dyn FnMut(Event),
+    ) -> Result<()> {
+        let objects: Vec<String> = objects
+            .iter()
+            .filter(|o| !self.compiled.contains(o))
+            .cloned()
+            .collect();
+        if objects.is_empty() {
+            return Ok(());
+        }
+        progress(Event::Step("compiling the original objects"));
+        let linkage = self.compile(&objects, "the original source")?;
+        self.keep(&objects, "orig")?;
+        progress(Event::Step("compiling the patched objects"));
         let built = self
             .mirror
             .apply(&self.sources.patch)
             .map_err(anyhow::Error::from)
-            .and_then(|()| self.compile("the patched source").map(|_| ()));
+            .and_then(|()| self.compile(&objects, "the patched source").map(|_| ()));
         // The user's tree was never touched; the copy is put back.
         self.mirror.revert()?;
         built?;
-        self.keep("patched")
+        self.keep(&objects, "patched")?;
+        self.linkage.extend(linkage);
+        self.compiled.extend(objects);
+        Ok(())
     }
 
-    fn compile(&self, what: &str) -> Result<Vec<Linkage>> {
+    fn compile(&self, objects: &[String], what: &str) -> Result<Vec<Linkage>> {
         Ok(compile::compile(
             &self.mirror.root,
             &self.sources.tree.make_vars,
-            &self.sources.objects,
+            objects,
             self.jobs,
             what,
             &self.mirror.log_path(),
@@ -142,9 +250,9 @@ impl Workspace {
     }
 
     /// Copies the compiled objects out of the copy before the next compile.
-    fn keep(&self, side: &str) -> Result<()> {
+    fn keep(&self, objects: &[String], side: &str) -> Result<()> {
         let root = &self.mirror.root;
-        for o in &self.sources.objects {
+        for o in objects {
             let dst = self.object_path(side, o);
             std::fs::create_dir_all(dst.parent().expect("object path has a directory"))?;
             std::fs::copy(root.join(o), &dst).with_context(|| format!("cannot copy {o}"))?;

@@ -62,6 +62,24 @@ impl Mirror {
         Ok((m, stats))
     }
 
+    /// Where graft keeps what it knows about this tree (manifest, index).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    /// A hash of the user's tree as last synced (every file's path, size
+    /// and mtime): it changes when any file of the tree does.
+    pub fn fingerprint(&self) -> u64 {
+        let text = fs::read_to_string(self.manifest_path()).unwrap_or_default();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_unstable();
+        lines.iter().fold(0xcbf2_9ce4_8422_2325, |h, l| {
+            l.bytes()
+                .chain(std::iter::once(b'\n'))
+                .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+        })
+    }
+
     /// Where the last make run's whole output is kept.
     pub fn log_path(&self) -> PathBuf {
         self.state.join("make.log")

@@ -18,6 +18,8 @@ pub struct SourcePatch {
 pub enum FileRole {
     /// A C file of the kernel: compiled before and after.
     CSource,
+    /// A header: the units that include it are compiled before and after.
+    Header,
     /// Text that does not affect the build (documentation).
     Inert,
 }
@@ -67,7 +69,10 @@ impl SourcePatch {
         for f in &self.files {
             out.push((f.clone(), role(f)?));
         }
-        if !out.iter().any(|(_, r)| *r == FileRole::CSource) {
+        if !out
+            .iter()
+            .any(|(_, r)| matches!(r, FileRole::CSource | FileRole::Header))
+        {
             return Err(KbuildError::NothingToBuild {
                 files: self.files.join(", "),
             });
@@ -82,6 +87,16 @@ impl SourcePatch {
             .into_iter()
             .filter(|(_, r)| *r == FileRole::CSource)
             .map(|(f, _)| format!("{}.o", f.trim_end_matches(".c")))
+            .collect())
+    }
+
+    /// The headers the patch changes (`include/linux/sched.h`).
+    pub fn headers(&self) -> Result<Vec<String>, KbuildError> {
+        Ok(self
+            .classify()?
+            .into_iter()
+            .filter(|(_, r)| *r == FileRole::Header)
+            .map(|(f, _)| f)
             .collect())
     }
 }
@@ -122,7 +137,7 @@ fn role(file: &str) -> Result<FileRole, KbuildError> {
         return unsupported("assembly is not supported: graft replaces compiled C functions; hint: express the fix in C, or in a C caller of the assembly");
     }
     if name.ends_with(".h") {
-        return unsupported("header changes are not supported yet: every file that includes it would need rebuilding; hint: move the change into the .c files that need it");
+        return Ok(FileRole::Header);
     }
     if name.starts_with("Kconfig") || name.starts_with("Makefile") || name == "Kbuild" {
         return unsupported("it changes the build itself (config or makefiles), which a live patch cannot do; hint: drop that part of the patch");
@@ -153,7 +168,16 @@ mod tests {
     }
 
     #[test]
-    fn refuses_assembly_headers_and_non_kernel_files() {
+    fn headers_are_built_through_their_includers() {
+        let (_d, p) =
+            write("--- a/include/linux/x.h\n+++ b/include/linux/x.h\n@@ -1 +1 @@\n-a\n+b\n");
+        let sp = SourcePatch::read(&p).unwrap();
+        assert_eq!(sp.objects().unwrap(), Vec::<String>::new());
+        assert_eq!(sp.headers().unwrap(), vec!["include/linux/x.h"]);
+    }
+
+    #[test]
+    fn refuses_assembly_and_non_kernel_files() {
         let (_d, p) = write("--- a/arch/x86/entry/entry_64.S\n+++ b/arch/x86/entry/entry_64.S\n@@ -1 +1 @@\n-a\n+b\n");
         assert!(matches!(
             SourcePatch::read(&p).unwrap().objects(),

@@ -66,6 +66,10 @@ pub struct Args {
     /// sources) in DIR when the build ends, for inspection.
     #[arg(long, value_name = "DIR")]
     pub(crate) keep_work: Option<PathBuf>,
+    /// The most translation units a header change may make graft compile
+    /// (each twice).
+    #[arg(long, value_name = "N", default_value_t = graft_build::DEFAULT_MAX_UNITS)]
+    pub(crate) max_units: usize,
 }
 
 pub fn run(a: Args, json: bool) -> Result<()> {
@@ -98,6 +102,7 @@ pub(crate) fn build(
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         keep_work: a.keep_work.clone(),
+        max_units: a.max_units,
     };
     let mut steps = Steps::new(json);
     let report = graft_build::build(&inputs, &mut |e| match e {
@@ -133,6 +138,17 @@ pub(crate) fn cache_dir(a: &Args) -> PathBuf {
 }
 
 fn print_human(r: &BuildReport) {
+    for h in &r.headers {
+        println!(
+            "{}: included by {} unit{} of the target",
+            h.header,
+            h.units.len(),
+            if h.units.len() == 1 { "" } else { "s" }
+        );
+    }
+    if let Some(s) = r.index_seconds {
+        println!("indexed the tree's units and includes in {s:.1}s (kept for later builds)");
+    }
     for f in &r.files {
         println!(
             "{}: changed {}{}",

@@ -1,0 +1,133 @@
+//! The shapes real fixes take, built from the lab's Debian source and
+//! checked live in its kernel under QEMU:
+//! - a two-line change to `s_show` in kernel/kallsyms.c, whose `__init`
+//!   neighbour references a `BTF_ID` symbol renamed by the line shift;
+//! - a header-only fix: a `static inline` in fs/proc/internal.h, reaching
+//!   every function of the 24 units that inline it (found by the unit index);
+//! - a fix in two files where one calls a global function the other adds;
+//! - a header change that adds a field: refused (layout-changed) after one
+//!   unit, naming the structure.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use graft_lab::{run_scenario, Scenario};
+
+#[test]
+fn real_fix_shapes_build_and_work_live() {
+    let lab = lab();
+    let out = tempfile::tempdir().unwrap();
+    let tree_before = fingerprint(&lab.source_tree());
+
+    let (s_show, _) = build_ok(&lab, "fix-kallsyms-s-show.patch", "sshow", out.path());
+
+    let (header, h) = build_ok(&lab, "header-inline.patch", "header", out.path());
+    let units = h["headers"][0]["units"].as_array().expect("header units");
+    assert_eq!(h["headers"][0]["header"], "fs/proc/internal.h", "{h}");
+    assert!(
+        units.iter().any(|u| u == "fs/proc/base.o") && units.len() >= 10,
+        "the includers of fs/proc/internal.h: {units:?}"
+    );
+    let changed: Vec<&str> = h["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f["changed"].as_array().unwrap())
+        .filter_map(|c| c.as_str())
+        .collect();
+    // comm_write and proc_pid_status's path inline get_proc_task.
+    assert!(changed.contains(&"comm_show"), "{changed:?}");
+    assert!(changed.contains(&"proc_pid_cmdline_read"), "{changed:?}");
+
+    let (two, t) = build_ok(
+        &lab,
+        "fix-two-files-new-global.patch",
+        "twofiles",
+        out.path(),
+    );
+    let files = t["files"].as_array().unwrap();
+    assert!(
+        files
+            .iter()
+            .any(|f| f["new"] == serde_json::json!(["graft_fix_tag"])),
+        "{t}"
+    );
+
+    // A field added in a header: refused after the first unit, by name.
+    let o = graft(&build_args(
+        &lab,
+        &repo_file("tests/patches/header-layout.patch"),
+        "layout",
+        out.path(),
+    ));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("the layout of struct proc_dir_entry changed (member graft_flags added")
+            && stderr(&o).contains("[rule: layout-changed]"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        fingerprint(&lab.source_tree()),
+        tree_before,
+        "the kernel tree was modified"
+    );
+
+    let script = format!(
+        r#"{SH_PRELUDE}
+L=/sys/kernel/livepatch
+load() {{ insmod /$1.ko || echo "STEP: insmod $1 failed"; wait_for "[ \"\$(cat $L/livepatch_$1/transition)\" = 0 ]" || echo "STEP: $1 stuck"; }}
+unload() {{ echo 0 > $L/livepatch_$1/enabled; wait_for "[ ! -d $L/livepatch_$1 ]" || echo "STEP: $1 not unpatched"; rmmod livepatch_$1 || echo "STEP: rmmod $1 failed"; }}
+ks() {{ grep -c ' cmdline_proc_show (graft)$' /proc/kallsyms; }}
+echo "KALLSYMS-BEFORE: $(ks)"
+load sshow
+echo "KALLSYMS-DURING: $(ks)"
+unload sshow
+echo "KALLSYMS-AFTER: $(ks)"
+sh -c 'echo -n graft-hidden > /proc/self/comm; while :; do sleep 1; done' &
+pid=$!
+sleep 1
+name() {{ head -1 /proc/$pid/status 2>&1 | sed 's/^Name:[[:space:]]*//'; }}
+echo "HIDDEN-BEFORE: $(name)"
+load header
+echo "HIDDEN-DURING: $(name)"
+echo "SELF-DURING: $(head -1 /proc/self/status)"
+unload header
+echo "HIDDEN-AFTER: $(name)"
+kill $pid
+load twofiles
+echo "CMDLINE-DURING: $(cat /proc/cmdline)"
+unload twofiles
+echo "CMDLINE-AFTER: $(cat /proc/cmdline)"
+problems
+"#
+    );
+    let run = run_scenario(
+        &lab,
+        &Scenario::new("fix-shapes", script)
+            .with_file("/sshow.ko", &s_show)
+            .with_file("/header.ko", &header)
+            .with_file("/twofiles.ko", &two)
+            .with_timeout(Duration::from_secs(240)),
+    )
+    .unwrap_or_else(|e| panic!("VM run failed: {e}"));
+    let c = &run.console;
+    let get = |p: &str| line_value(&run, p);
+    assert_eq!(run.lines_with_prefix("STEP:"), Vec::<&str>::new(), "{c}");
+    assert_eq!(get("KALLSYMS-BEFORE:"), "0", "{c}");
+    assert_eq!(get("KALLSYMS-DURING:"), "1", "{c}");
+    assert_eq!(get("KALLSYMS-AFTER:"), "0", "{c}");
+    assert_eq!(get("HIDDEN-BEFORE:"), "graft-hidden", "{c}");
+    assert!(
+        get("HIDDEN-DURING:").contains("No such process"),
+        "the inline change did not reach /proc/<pid>/status: {c}"
+    );
+    assert_eq!(get("SELF-DURING:"), "Name:\thead", "{c}");
+    assert_eq!(get("HIDDEN-AFTER:"), "graft-hidden", "{c}");
+    assert!(get("CMDLINE-DURING:").ends_with(" graft_shared_tag"), "{c}");
+    assert!(!get("CMDLINE-AFTER:").contains("graft_shared_tag"), "{c}");
+    assert!(run.lines_with_prefix("KERNEL-PROBLEM:").is_empty(), "{c}");
+}
