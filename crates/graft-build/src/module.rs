@@ -64,8 +64,18 @@ pub fn link(
         },
     )?;
     let linked = std::fs::read(&ko)?;
+    // The klp object of each section of a module's code.
+    let objects: std::collections::HashMap<String, String> = plans
+        .iter()
+        .filter(|p| p.object != graft_elf::klp::VMLINUX)
+        .flat_map(|p| {
+            p.sections
+                .iter()
+                .map(|&s| (p.patched.section(s).name.clone(), p.object.clone()))
+        })
+        .collect();
     let (bytes, klp_relocations) =
-        graft_klp::postlink::convert(&linked, &ko.display().to_string())?;
+        graft_klp::postlink::convert(&linked, &ko.display().to_string(), &objects)?;
     Ok(Linked {
         bytes,
         klp_relocations,

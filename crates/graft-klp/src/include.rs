@@ -61,6 +61,8 @@ pub enum Target {
 /// The module's share of one patched object.
 pub struct Plan<'a> {
     pub patched: &'a Object,
+    /// The klp object the patched file belongs to: "vmlinux" or a module.
+    pub object: String,
     /// Patched sections carried into the module.
     pub sections: BTreeSet<SectionId>,
     /// Resolved target of every relocation the module keeps, by (section,
@@ -98,6 +100,7 @@ pub fn plan<'a>(
 ) -> Result<Plan<'a>, KlpError> {
     let mut plan = Plan {
         patched,
+        object: resolver.object.to_owned(),
         sections: BTreeSet::new(),
         targets: BTreeMap::new(),
         funcs: Vec::new(),
@@ -447,12 +450,16 @@ fn external_name(
                 .map_err(|e| lookup_error(object, user, name, e))?;
             return Ok(sym_name(resolver.object, name, sympos));
         }
-        if resolver.symbols.lookup(VMLINUX, name).is_empty()
-            && global
-            && resolver.exports.get(name).is_some()
+        if let Some(e) = resolver
+            .exports
+            .get(name)
+            .filter(|e| global && e.module != VMLINUX)
         {
-            // Exported by another module: an ordinary dependency.
-            return Ok(name.to_owned());
+            // Exported by another module: reached through a klp relocation
+            // applied when this object's module loads (it depends on the
+            // exporter, so the exporter is there), so that loading the
+            // patch never needs or pulls in the exporter.
+            return Ok(sym_name(&module_name(&e.module), name, 0));
         }
     }
     let sympos = match resolver.known.get(name) {
@@ -463,6 +470,12 @@ fn external_name(
             .map_err(|e| lookup_error(object, user, name, e))?,
     };
     Ok(sym_name(VMLINUX, name, sympos))
+}
+
+/// A module's name from its path in `Module.symvers` (`crypto/af_alg` →
+/// `af_alg`): the kernel names modules by file name, `-` as `_`.
+fn module_name(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or(path).replace('-', "_")
 }
 
 /// Compiler-made read-only data (`__func__.42`, `__UNIQUE_ID_…`) is carried

@@ -15,7 +15,15 @@ use crate::KlpError;
 
 /// Converts the linked module in `ko`; returns the new bytes and how many
 /// relocations became klp relocations.
-pub fn convert(ko: &[u8], label: &str) -> Result<(Vec<u8>, usize), KlpError> {
+/// `objects` names the klp object of each carried section whose code is a
+/// module's: a reference from there to another module's symbol (an export
+/// of a module the patched one depends on) is applied with that module's
+/// relocations, so it goes in a `.klp.rela.<patched module>.*` section.
+pub fn convert(
+    ko: &[u8],
+    label: &str,
+    objects: &HashMap<String, String>,
+) -> Result<(Vec<u8>, usize), KlpError> {
     let err = |what: String| KlpError::PostLink {
         path: label.to_owned(),
         what,
@@ -38,18 +46,43 @@ pub fn convert(ko: &[u8], label: &str) -> Result<(Vec<u8>, usize), KlpError> {
     }
 
     // (object, target section) → relocations moved out of the normal .rela.
+    let names: HashMap<usize, String> = b
+        .sections
+        .iter()
+        .map(|s| {
+            (
+                s.id().index(),
+                String::from_utf8_lossy(s.name.as_slice()).into_owned(),
+            )
+        })
+        .collect();
     let mut moved: BTreeMap<(String, usize), (SectionId, Vec<Relocation>)> = BTreeMap::new();
     let mut symtab = None;
+    let mut misplaced: Option<String> = None;
     for s in &mut b.sections {
         let target = s.sh_info_section;
         if let SectionData::Relocation(relocs) = &mut s.data {
             symtab = symtab.or(s.sh_link_section);
             let Some(target) = target else { continue };
+            let home = names.get(&target.index()).and_then(|n| objects.get(n));
             relocs.retain(
                 |r| match r.symbol.and_then(|id| object_of.get(&id.index())) {
                     Some(object) => {
+                        // vmlinux's symbols are applied with vmlinux; a
+                        // module's own with that module; another module's
+                        // with the module whose code refers to it.
+                        let rela_object = match home {
+                            Some(h) if object != klp::VMLINUX && object != h => h.clone(),
+                            _ => object.clone(),
+                        };
+                        if home.is_none()
+                            && object != klp::VMLINUX
+                            && !objects.values().any(|o| o == object)
+                        {
+                            misplaced.get_or_insert_with(|| object.clone());
+                        }
                         moved
-                            .entry((object.clone(), target.index()))
+                            .entry((rela_object, target.index()))
                             .or_insert_with(|| (target, Vec::new()))
                             .1
                             .push(*r);
@@ -59,6 +92,11 @@ pub fn convert(ko: &[u8], label: &str) -> Result<(Vec<u8>, usize), KlpError> {
                 },
             );
         }
+    }
+    if let Some(object) = misplaced {
+        return Err(err(format!(
+            "a reference to {object}'s symbols from a section graft cannot attribute to a patched module"
+        )));
     }
     let count = moved.values().map(|(_, r)| r.len()).sum();
     for ((object, _), (target, relocs)) in moved {

@@ -131,3 +131,90 @@ problems
     assert!(!get("CMDLINE-AFTER:").contains("graft_shared_tag"), "{c}");
     assert!(run.lines_with_prefix("KERNEL-PROBLEM:").is_empty(), "{c}");
 }
+
+/// A fix to a module function that calls another module's export
+/// (algif_skcipher → af_alg): the reference is a klp relocation applied when
+/// algif_skcipher loads, so the patch loads with neither module present and
+/// does not depend on af_alg.
+#[test]
+fn module_fix_reaches_another_modules_export_without_depending_on_it() {
+    let lab = lab();
+    let out = tempfile::tempdir().unwrap();
+    let (ko, s) = build_ok(&lab, "module-other-export.patch", "skc", out.path());
+    assert!(
+        s["files"][0]["changed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "skcipher_sendmsg"),
+        "{s}"
+    );
+    let m = graft_elf::Object::read(&ko).unwrap();
+    assert!(
+        m.symbols
+            .iter()
+            .any(|x| x.name == ".klp.sym.af_alg.af_alg_sendmsg,0"),
+        "af_alg_sendmsg is not a klp symbol of af_alg"
+    );
+    let modinfo = m
+        .section_by_name(".modinfo")
+        .map(|s| String::from_utf8_lossy(&s.data).into_owned())
+        .unwrap_or_default();
+    assert!(
+        modinfo.contains("depends=\0") || !modinfo.contains("depends=af_alg"),
+        "the patch depends on af_alg: {modinfo:?}"
+    );
+    let client = out.path().join("af-alg-send");
+    let cc = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&client)
+        .arg(repo_file("tests/vm/af-alg-send.c"))
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let mods = lab.modules_dir().join("kernel/crypto");
+    let script = format!(
+        r#"{SH_PRELUDE}
+p=/sys/kernel/livepatch/livepatch_skc
+insmod /skc.ko || echo "STEP: patch insmod failed"
+wait_for '[ "$(cat $p/transition)" = 0 ]' || echo "STEP: patch stuck"
+echo "LSMOD-AFTER-PATCH: $(grep -c -E '^(af_alg|algif_skcipher) ' /proc/modules)"
+insmod /af_alg.ko && insmod /algif_skcipher.ko || echo "STEP: module insmod failed"
+echo "OBJ-PATCHED: $(cat $p/algif_skcipher/patched)"
+echo "SEND7-DURING: $(/af-alg-send 7)"
+echo "SEND16-DURING: $(/af-alg-send 16)"
+echo 0 > $p/enabled
+wait_for '[ ! -d $p ]' || echo "STEP: not unpatched"
+rmmod livepatch_skc || echo "STEP: rmmod failed"
+echo "SEND7-AFTER: $(/af-alg-send 7)"
+problems
+"#
+    );
+    let run = run_scenario(
+        &lab,
+        &Scenario::new("module-export", script)
+            .with_file("/skc.ko", &ko)
+            .with_file("/af_alg.ko", &mods.join("af_alg.ko"))
+            .with_file("/algif_skcipher.ko", &mods.join("algif_skcipher.ko"))
+            .with_file("/af-alg-send", &client)
+            .with_timeout(Duration::from_secs(180)),
+    )
+    .unwrap_or_else(|e| panic!("VM run failed: {e}"));
+    let c = &run.console;
+    let get = |p: &str| line_value(&run, p);
+    assert_eq!(run.lines_with_prefix("STEP:"), Vec::<&str>::new(), "{c}");
+    assert_eq!(get("LSMOD-AFTER-PATCH:"), "0", "{c}");
+    assert_eq!(get("OBJ-PATCHED:"), "1", "{c}");
+    assert_eq!(
+        get("SEND7-DURING:"),
+        "-90",
+        "EMSGSIZE from the patched code: {c}"
+    );
+    assert_eq!(get("SEND16-DURING:"), "16", "{c}");
+    assert_eq!(get("SEND7-AFTER:"), "7", "{c}");
+    assert!(run.lines_with_prefix("KERNEL-PROBLEM:").is_empty(), "{c}");
+}
