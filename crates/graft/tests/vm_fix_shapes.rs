@@ -198,8 +198,8 @@ problems
         &lab,
         &Scenario::new("module-export", script)
             .with_file("/skc.ko", &ko)
-            .with_file("/af_alg.ko", &mods.join("af_alg.ko"))
-            .with_file("/algif_skcipher.ko", &mods.join("algif_skcipher.ko"))
+            .with_file("/af_alg.ko", mods.join("af_alg.ko"))
+            .with_file("/algif_skcipher.ko", mods.join("algif_skcipher.ko"))
             .with_file("/af-alg-send", &client)
             .with_timeout(Duration::from_secs(180)),
     )
