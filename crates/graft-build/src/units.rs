@@ -61,6 +61,17 @@ pub fn read(ws: &Workspace, target: &Target) -> Result<Vec<Unit>> {
         let mut patched = Object::read(&patched_path)?;
         orig.path = PathBuf::from(obj);
         patched.path = PathBuf::from(obj);
+        // Functions with an explicit section, one section each (as
+        // -ffunction-sections gives every other function).
+        for o in [&mut orig, &mut patched] {
+            graft_diff::split::split_shared_sections(o).map_err(|e| {
+                anyhow::anyhow!(
+                    "{obj}: cannot cut {} into one section per function: {} [rule: explicit-section]; hint: this is a graft limitation",
+                    e.section,
+                    e.what
+                )
+            })?;
+        }
         let module = match link {
             Linkage::Module => Some(graft_target::find_module(
                 &target.paths.modules,

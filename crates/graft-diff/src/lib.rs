@@ -22,6 +22,7 @@ pub mod markers;
 pub mod names;
 pub mod rules;
 pub mod special;
+pub mod split;
 pub mod types;
 
 use std::collections::{BTreeSet, HashMap};

@@ -64,8 +64,10 @@ fn run_case(case: &str) -> Vec<String> {
                 .extend(rest.split_whitespace().map(str::to_owned));
         }
     }
-    let orig = Object::read(&o.join(&obj)).unwrap();
-    let patched = Object::read(&p.join(&obj)).unwrap();
+    let mut orig = Object::read(&o.join(&obj)).unwrap();
+    let mut patched = Object::read(&p.join(&obj)).unwrap();
+    graft_diff::split::split_shared_sections(&mut orig).unwrap();
+    graft_diff::split::split_shared_sections(&mut patched).unwrap();
     let module = want.get("module").and_then(|m| m.first().cloned());
     let never = |_: &str| false;
     let opts = Options {

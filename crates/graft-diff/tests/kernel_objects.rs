@@ -21,8 +21,10 @@ fn diff_patch_objects(patch: &str, object: &str) -> (Object, Object, graft_diff:
     .unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let (o, p) = k.kernel_pair(&text, &[object], scratch.path());
-    let orig = Object::read(&o.join(object)).unwrap();
-    let patched = Object::read(&p.join(object)).unwrap();
+    let mut orig = Object::read(&o.join(object)).unwrap();
+    let mut patched = Object::read(&p.join(object)).unwrap();
+    graft_diff::split::split_shared_sections(&mut orig).unwrap();
+    graft_diff::split::split_shared_sections(&mut patched).unwrap();
     let opts = Options {
         layout: Some(&k.layout),
         crcs: graft_diff::Crcs::read_kbuild(&o.join(object), &p.join(object)),

@@ -31,8 +31,17 @@ pub struct Args {
 }
 
 pub fn run(a: Args, json: bool) -> Result<()> {
-    let orig = Object::read(&a.orig)?;
-    let patched = Object::read(&a.patched)?;
+    let mut orig = Object::read(&a.orig)?;
+    let mut patched = Object::read(&a.patched)?;
+    for o in [&mut orig, &mut patched] {
+        graft_diff::split::split_shared_sections(o).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot cut {} into one section per function: {}",
+                e.section,
+                e.what
+            )
+        })?;
+    }
     let layout = match (&a.tree, &a.layout) {
         (Some(tree), _) => Some(graft_diff::Layout::probe(tree)?),
         (None, Some(file)) => {

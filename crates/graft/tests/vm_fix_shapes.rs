@@ -6,7 +6,9 @@
 //!   every function of the 24 units that inline it (found by the unit index);
 //! - a fix in two files where one calls a global function the other adds;
 //! - a header change that adds a field: refused (layout-changed) after one
-//!   unit, naming the structure.
+//!   unit, naming the structure;
+//! - a change to `text_poke_queue`, which shares `.ref.text` with other
+//!   `__ref` functions of arch/x86/kernel/alternative.c: only it is carried.
 
 mod common;
 
@@ -40,6 +42,25 @@ fn real_fix_shapes_build_and_work_live() {
     // comm_write and proc_pid_status's path inline get_proc_task.
     assert!(changed.contains(&"comm_show"), "{changed:?}");
     assert!(changed.contains(&"proc_pid_cmdline_read"), "{changed:?}");
+
+    let (poke, p) = build_ok(&lab, "explicit-section.patch", "poke", out.path());
+    assert_eq!(
+        p["files"][0]["changed"],
+        serde_json::json!(["text_poke_queue"]),
+        "{p}"
+    );
+    let m = graft_elf::Object::read(&poke).unwrap();
+    let carried: Vec<&str> = m
+        .symbols
+        .iter()
+        .filter(|y| y.kind == graft_elf::SymKind::Func && y.name.starts_with("text_poke"))
+        .map(|y| y.name.as_str())
+        .collect();
+    assert_eq!(
+        carried,
+        vec!["text_poke_queue"],
+        "only the changed function is carried"
+    );
 
     let (two, t) = build_ok(
         &lab,
@@ -98,6 +119,14 @@ echo "SELF-DURING: $(head -1 /proc/self/status)"
 unload header
 echo "HIDDEN-AFTER: $(name)"
 kill $pid
+poked() {{ dmesg | grep -c "graft: text_poke_queue"; }}
+load poke
+echo 1 > /proc/sys/kernel/sched_schedstats; echo 0 > /proc/sys/kernel/sched_schedstats
+echo "POKED-DURING: $(poked)"
+unload poke
+n=$(poked)
+echo 1 > /proc/sys/kernel/sched_schedstats; echo 0 > /proc/sys/kernel/sched_schedstats
+echo "POKED-AFTER-MORE: $(( $(poked) - n ))"
 load twofiles
 echo "CMDLINE-DURING: $(cat /proc/cmdline)"
 unload twofiles
@@ -111,6 +140,7 @@ problems
             .with_file("/sshow.ko", &s_show)
             .with_file("/header.ko", &header)
             .with_file("/twofiles.ko", &two)
+            .with_file("/poke.ko", &poke)
             .with_timeout(Duration::from_secs(240)),
     )
     .unwrap_or_else(|e| panic!("VM run failed: {e}"));
@@ -127,6 +157,11 @@ problems
     );
     assert_eq!(get("SELF-DURING:"), "Name:\thead", "{c}");
     assert_eq!(get("HIDDEN-AFTER:"), "graft-hidden", "{c}");
+    assert!(
+        get("POKED-DURING:").parse::<u32>().unwrap() > 0,
+        "the patched text_poke_queue did not run: {c}"
+    );
+    assert_eq!(get("POKED-AFTER-MORE:"), "0", "{c}");
     assert!(get("CMDLINE-DURING:").ends_with(" graft_shared_tag"), "{c}");
     assert!(!get("CMDLINE-AFTER:").contains("graft_shared_tag"), "{c}");
     assert!(run.lines_with_prefix("KERNEL-PROBLEM:").is_empty(), "{c}");
