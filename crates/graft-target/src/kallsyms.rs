@@ -219,6 +219,20 @@ impl SymbolTable {
             .unwrap_or_default()
     }
 
+    /// Every entry, in table order (kallsyms lists vmlinux by address, then
+    /// each module's symbols).
+    pub fn entries(&self) -> &[KallsymsEntry] {
+        &self.entries
+    }
+
+    /// Positions in [`SymbolTable::entries`] of the entries named `name` in
+    /// `object`, in table order.
+    pub fn positions(&self, object: &str, name: &str) -> &[usize] {
+        self.by_name
+            .get(&(object.to_owned(), name.to_owned()))
+            .map_or(&[], Vec::as_slice)
+    }
+
     /// The last symbol of `object` at or below `addr`.
     pub fn nearest(&self, object: &str, addr: u64) -> Option<&KallsymsEntry> {
         self.entries

@@ -376,6 +376,11 @@ pub fn run(a: Args, json: bool) -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            for m in &summary.verified {
+                if let Some(why) = &m.choice {
+                    println!("{}: {why}", m.function);
+                }
+            }
         }
         println!(
             "built {} ({} klp relocation{}) in {:.1}s",
