@@ -108,7 +108,10 @@ fn verify_image(b: &Built, image: &Path, functions: &[&str]) -> Result<Verified,
 }
 
 fn address(b: &Built, name: &str) -> u64 {
-    SymbolTable::read(&b.linked).unwrap().lookup("vmlinux", name)[0].address
+    SymbolTable::read(&b.linked)
+        .unwrap()
+        .lookup("vmlinux", name)[0]
+        .address
 }
 
 /// The decoded instructions of the target's copy of `name`.
@@ -247,8 +250,14 @@ fn a_local_branch_that_reaches_another_instruction_is_refused() {
             ..
         }) => {
             assert_eq!(offset, 3);
-            assert!(ours.starts_with("jle ") && ours.contains("→ near_caller+0x"), "{ours}");
-            assert!(theirs.starts_with("jle ") && theirs.contains("[7e 03]"), "{theirs}");
+            assert!(
+                ours.starts_with("jle ") && ours.contains("→ near_caller+0x"),
+                "{ours}"
+            );
+            assert!(
+                theirs.starts_with("jle ") && theirs.contains("[7e 03]"),
+                "{theirs}"
+            );
         }
         other => panic!("expected a mismatch, got {other:?}"),
     }
@@ -274,7 +283,10 @@ fn the_same_holds_in_a_module() {
         } else {
             match got {
                 Err(VerifyError::Mismatch {
-                    offset, ours, theirs, ..
+                    offset,
+                    ours,
+                    theirs,
+                    ..
                 }) => {
                     assert_eq!(offset, 8);
                     assert!(ours.ends_with("→ helper"), "{ours}");
