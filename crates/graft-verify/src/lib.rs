@@ -116,14 +116,16 @@ pub fn verify(
     let in_object = |e: &graft_target::KallsymsEntry| {
         e.module.as_deref().unwrap_or(graft_elf::klp::VMLINUX) == target.object
     };
-    // Where each symbol starts: a copy ends, at the latest, at the next one.
-    let mut starts: Vec<u64> = entries
-        .iter()
-        .filter(|e| in_object(e))
-        .map(|e| e.address)
-        .collect();
-    starts.sort_unstable();
-    starts.dedup();
+    // A copy ends, at the latest, where the next symbol starts: kallsyms
+    // lists symbols by address. (Out of order, the bound is only looser: a
+    // copy is never taken longer than what pairs with our instructions.)
+    let next_start = |i: usize| -> Option<u64> {
+        let at = entries[i].address;
+        entries[i + 1..]
+            .iter()
+            .find(|e| in_object(e) && e.address > at)
+            .map(|e| e.address)
+    };
     let resolver = Resolver::Linked {
         symbols,
         object: target.object,
@@ -155,11 +157,10 @@ pub fn verify(
         let mut misses: Vec<Tried> = Vec::new();
         for &i in &candidates {
             let address = entries[i].address;
-            let next = starts.get(starts.partition_point(|&a| a <= address));
             // Our length and a little more, to show a longer instruction
             // of theirs whole; never into the next symbol.
-            let max = next
-                .map_or(usize::MAX, |&n| (n - address) as usize)
+            let max = next_start(i)
+                .map_or(usize::MAX, |n| (n - address) as usize)
                 .min(ours.code.len() + 16);
             let Some(code) = target.image.bytes_upto(address.wrapping_sub(delta), max) else {
                 misses.push((address, None));

@@ -34,11 +34,14 @@ fn verified_builds_load_and_take_effect() {
     assert!(built.status.success(), "{}", stderr(&built));
     let text = stdout(&built);
     assert!(
-        text.lines().any(|l| l.starts_with("cpumask_weight.constprop.0: ")
-            && l.contains("is fs/aio.o's")),
+        text.lines()
+            .any(|l| l.starts_with("cpumask_weight.constprop.0: ") && l.contains("is fs/aio.o's")),
         "{text}"
     );
-    files.push(("/aio-limit.ko".into(), out.path().join("livepatch-aio-limit.ko")));
+    files.push((
+        "/aio-limit.ko".into(),
+        out.path().join("livepatch-aio-limit.ko"),
+    ));
 
     let io_setup = out.path().join("io-setup");
     let o = std::process::Command::new("gcc")
