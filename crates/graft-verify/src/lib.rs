@@ -71,7 +71,7 @@ pub enum VerifyError {
     },
     #[error("{object}: {function} is not in the target kernel's symbol table; hint: the file may not be built into this kernel, or the function is inlined there")]
     NotInKernel { object: String, function: String },
-    #[error("{object}: {function} matches {count} functions of the target kernel equally ({addresses}), and none of them lies among the file's other functions in the target's symbol table; graft cannot tell which one to patch; hint: check that the symbol table is the target's")]
+    #[error("{object}: {function} matches {count} functions of the target kernel equally ({addresses}), and the target's symbol table does not place exactly one of them among the file's other functions; graft cannot tell which one is the file's; hint: check that the symbol table is the target's")]
     Ambiguous {
         object: String,
         function: String,

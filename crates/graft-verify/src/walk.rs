@@ -285,6 +285,14 @@ impl<'a> Walker<'_, 'a> {
             }
             if a.len() != b.len() {
                 self.reencoded += 1;
+            } else {
+                // The same form: the same bytes (prefixes, opcode) up to
+                // the displacement, which iced reports as the immediate.
+                let head = ao.immediate_offset().min(a.len());
+                let at = at as usize;
+                if self.ours.code[at..at + head] != self.their_bytes(b, b.len())[..head] {
+                    return Err(self.differ(a, b));
+                }
             }
             match ar {
                 [] if br.is_empty() => {
