@@ -170,7 +170,7 @@ pub fn verify(
                 code,
                 ip: address,
                 size: None,
-                resolver: resolver_ref(&resolver),
+                resolver,
             };
             match walk::walk(&ours, &theirs) {
                 Ok(m) => matched.push((i, m)),
@@ -249,21 +249,6 @@ pub fn verify(
     }
     out.functions = slots.into_iter().flatten().collect();
     Ok(out)
-}
-
-fn resolver_ref<'a>(r: &Resolver<'a>) -> Resolver<'a> {
-    match r {
-        Resolver::Linked {
-            symbols,
-            object,
-            delta,
-        } => Resolver::Linked {
-            symbols,
-            object,
-            delta: *delta,
-        },
-        Resolver::Relocatable { obj, section } => Resolver::Relocatable { obj, section },
-    }
 }
 
 /// `sympos` of the entry at position `i` among `same` (every entry of that

@@ -67,6 +67,7 @@ impl<'a> Ours<'a> {
 }
 
 /// How the target's copy names what its references reach.
+#[derive(Clone, Copy)]
 pub(crate) enum Resolver<'a> {
     /// Linked code (the kernel image): every reference was resolved in place
     /// and the symbol table names addresses. Addresses are the table's;
@@ -105,8 +106,6 @@ pub(crate) struct Matched {
     pub seen: Vec<(String, u64)>,
     /// Length of the target's copy.
     pub len: u64,
-    /// Instructions whose encoding differs (short against near jumps).
-    pub reencoded: usize,
 }
 
 /// Why a candidate is not our function. Offsets are in our copy.
@@ -158,7 +157,6 @@ pub(crate) fn walk(ours: &Ours<'_>, theirs: &Theirs<'_>) -> Result<Matched, Miss
         pairs: Vec::new(),
         locals: Vec::new(),
         seen: Vec::new(),
-        reencoded: 0,
     };
     let (mut a, mut b) = (Instruction::default(), Instruction::default());
     while od.can_decode() {
@@ -206,11 +204,7 @@ pub(crate) fn walk(ours: &Ours<'_>, theirs: &Theirs<'_>) -> Result<Matched, Miss
     if let Some(m) = w.broken_local(u64::MAX) {
         return Err(m);
     }
-    Ok(Matched {
-        seen: w.seen,
-        len,
-        reencoded: w.reencoded,
-    })
+    Ok(Matched { seen: w.seen, len })
 }
 
 struct Walker<'w, 'a> {
@@ -220,7 +214,6 @@ struct Walker<'w, 'a> {
     pairs: Vec<(u64, u64)>,
     locals: Vec<Local>,
     seen: Vec<(String, u64)>,
-    reencoded: usize,
 }
 
 /// A direct `call`, `jmp` or `jcc` (or `loop`, `jrcxz`): one near-branch operand.
@@ -283,14 +276,14 @@ impl<'a> Walker<'_, 'a> {
             if !is_branch(b) || a.mnemonic() != b.mnemonic() {
                 return Err(self.differ(a, b));
             }
-            if a.len() != b.len() {
-                self.reencoded += 1;
-            } else {
-                // The same form: the same bytes (prefixes, opcode) up to
-                // the displacement, which iced reports as the immediate.
+            // Short against near is the one difference allowed; in the same
+            // form, the bytes (prefixes, opcode) before the displacement,
+            // which iced reports as the immediate, must be equal.
+            if a.len() == b.len() {
                 let head = ao.immediate_offset().min(a.len());
                 let at = at as usize;
-                if self.ours.code[at..at + head] != self.their_bytes(b, b.len())[..head] {
+                if Some(&self.ours.code[at..at + head]) != self.their_bytes(b, b.len()).get(..head)
+                {
                     return Err(self.differ(a, b));
                 }
             }
