@@ -166,6 +166,18 @@ impl KernelImage {
         }
         Some(&self.elf[start..end])
     }
+
+    /// Up to `len` bytes at link address `addr`: fewer where the image's
+    /// range ends first, `None` if it does not hold `addr`.
+    pub fn bytes_upto(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let r = self
+            .ranges
+            .iter()
+            .find(|r| addr >= r.addr && addr - r.addr < r.bytes.len() as u64)?;
+        let start = r.bytes.start + (addr - r.addr) as usize;
+        let end = start.saturating_add(len).min(r.bytes.end);
+        Some(&self.elf[start..end])
+    }
 }
 
 /// Tries every compressed payload the boot image may carry, first match wins.

@@ -189,11 +189,6 @@ impl SymbolTable {
         table
     }
 
-    /// Every entry, in table order.
-    pub fn entries(&self) -> &[KallsymsEntry] {
-        &self.entries
-    }
-
     pub(crate) fn push_entry(&mut self, entry: KallsymsEntry) {
         self.push(entry);
     }
@@ -240,6 +235,20 @@ impl SymbolTable {
             .get(&(object.to_owned(), name.to_owned()))
             .map(|v| v.iter().map(|&i| &self.entries[i]).collect())
             .unwrap_or_default()
+    }
+
+    /// Every entry, in table order (kallsyms lists vmlinux by address, then
+    /// each module's symbols).
+    pub fn entries(&self) -> &[KallsymsEntry] {
+        &self.entries
+    }
+
+    /// Positions in [`SymbolTable::entries`] of the entries named `name` in
+    /// `object`, in table order.
+    pub fn positions(&self, object: &str, name: &str) -> &[usize] {
+        self.by_name
+            .get(&(object.to_owned(), name.to_owned()))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The last symbol of `object` at or below `addr`.

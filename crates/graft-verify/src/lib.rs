@@ -1,20 +1,28 @@
 //! Run-pre verification (Ksplice's idea): before a patch is built on the
-//! original objects, their code is matched byte for byte against the target
-//! kernel's code, outside relocation fields, and every relocation field of
-//! the kernel's copy must reach the symbol our relocation names.
+//! original objects, their code is matched instruction by instruction
+//! against the target kernel's code ([`walk`]): the same instructions, the
+//! same bytes outside relocation fields, and every reference of the
+//! kernel's copy reaching the symbol ours names. Only the encoding of a jump
+//! may differ, where the target's assembler resolved it in place (see
+//! `walk`).
 //!
 //! A match proves the build is faithful (same source, config and compiler)
 //! and tells which of several same-named symbols is meant: the candidate
-//! whose bytes match is the one, and the addresses its relocation fields
-//! reach name the symbols the function uses.
+//! whose code matches is the one, and the addresses its references reach
+//! name the symbols the function uses. Where several copies match (a helper
+//! gcc emitted identically in many files), the one among the file's other
+//! functions in the symbol table is the file's ([`choose`]).
+
+mod choose;
+mod walk;
 
 use std::collections::BTreeMap;
 
-use graft_diff::compare::{is_string_section, pcrel_bias, reloc_width};
-use graft_elf::{Object, RelocTarget, SymbolId};
-use graft_target::{KallsymsEntry, KernelImage, SymbolTable};
-use iced_x86::{Decoder, DecoderOptions, Formatter, GasFormatter, Instruction};
+use graft_elf::{Object, SymbolId};
+use graft_target::{KernelImage, SymbolTable};
 use serde::Serialize;
+
+use walk::{Matched, Miss, Ours, Resolver, Theirs};
 
 /// The kernel graft verifies against.
 pub struct Target<'a> {
@@ -30,6 +38,9 @@ pub struct Match {
     /// Address in the symbol table's address space.
     pub address: u64,
     pub sympos: u32,
+    /// Why this copy, when several of the target's copies matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub choice: Option<String>,
 }
 
 /// What verification established.
@@ -60,13 +71,15 @@ pub enum VerifyError {
     },
     #[error("{object}: {function} is not in the target kernel's symbol table; hint: the file may not be built into this kernel, or the function is inlined there")]
     NotInKernel { object: String, function: String },
-    #[error("{object}: {function} matches {count} functions of the target kernel equally ({addresses}); graft cannot tell which one to patch")]
+    #[error("{object}: {function} matches {count} functions of the target kernel equally ({addresses}), and the target's symbol table does not place exactly one of them among the file's other functions; graft cannot tell which one is the file's; hint: check that the symbol table is the target's")]
     Ambiguous {
         object: String,
         function: String,
         count: usize,
         addresses: String,
     },
+    #[error("{object}: the code of {function} is not in its section (a malformed object); hint: rebuild the object")]
+    Unreadable { object: String, function: String },
     #[error("the kernel image {path} does not hold the code of {function} at {address:#x}; hint: pass the image the target booted")]
     NotInImage {
         path: String,
@@ -75,17 +88,16 @@ pub enum VerifyError {
     },
 }
 
-/// Why one candidate did not match.
-enum Miss {
-    Bytes {
-        offset: u64,
-    },
-    Reference {
-        offset: u64,
-        ours: String,
-        theirs: String,
-    },
-    NoBytes,
+/// What one candidate gave.
+type Tried = (u64, Option<Miss>);
+
+/// A function several candidates matched, decided once every other
+/// function is matched: `slot` in the result, and the matches (position of
+/// the candidate, what it matched).
+struct Undecided {
+    slot: usize,
+    function: SymbolId,
+    matched: Vec<(usize, Matched)>,
 }
 
 /// Verifies `functions` of `orig` against the target.
@@ -95,19 +107,45 @@ pub fn verify(
     target: &Target<'_>,
 ) -> Result<Verified, VerifyError> {
     let object = orig.path.display().to_string();
-    let delta = target
-        .symbols
+    let symbols = target.symbols;
+    let entries = symbols.entries();
+    let delta = symbols
         .lookup(target.object, "_text")
         .first()
         .map_or(0, |e| e.address.wrapping_sub(target.image.text_start));
+    let in_object = |e: &graft_target::KallsymsEntry| {
+        e.module.as_deref().unwrap_or(graft_elf::klp::VMLINUX) == target.object
+    };
+    // A copy ends, at the latest, where the next symbol starts: kallsyms
+    // lists symbols by address. (Out of order, the bound is only looser: a
+    // copy is never taken longer than what pairs with our instructions.)
+    let next_start = |i: usize| -> Option<u64> {
+        let at = entries[i].address;
+        entries[i + 1..]
+            .iter()
+            .find(|e| in_object(e) && e.address > at)
+            .map(|e| e.address)
+    };
+    let resolver = Resolver::Linked {
+        symbols,
+        object: target.object,
+        delta,
+    };
+
     let mut out = Verified::default();
+    let mut slots: Vec<Option<Match>> = Vec::new();
+    let mut undecided = Vec::new();
     for &f in functions {
         let sym = orig.symbol(f);
-        let candidates: Vec<&KallsymsEntry> = target
-            .symbols
-            .lookup(target.object, &sym.name)
-            .into_iter()
-            .filter(|e| e.is_text())
+        let ours = Ours::new(orig, f).ok_or_else(|| VerifyError::Unreadable {
+            object: object.clone(),
+            function: sym.name.clone(),
+        })?;
+        let all = symbols.positions(target.object, &sym.name);
+        let candidates: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&i| entries[i].is_text())
             .collect();
         if candidates.is_empty() {
             return Err(VerifyError::NotInKernel {
@@ -116,286 +154,229 @@ pub fn verify(
             });
         }
         let mut matched = Vec::new();
-        let mut misses = Vec::new();
-        for (i, c) in candidates.iter().enumerate() {
-            match check(orig, f, c.address, delta, target) {
-                Ok(seen) => matched.push((i, c.address, seen)),
-                Err(m) => misses.push((c.address, m)),
+        let mut misses: Vec<Tried> = Vec::new();
+        for &i in &candidates {
+            let address = entries[i].address;
+            // Our length and a little more, to show a longer instruction
+            // of theirs whole; never into the next symbol.
+            let max = next_start(i)
+                .map_or(usize::MAX, |n| (n - address) as usize)
+                .min(ours.code.len() + 16);
+            let Some(code) = target.image.bytes_upto(address.wrapping_sub(delta), max) else {
+                misses.push((address, None));
+                continue;
+            };
+            let theirs = Theirs {
+                code,
+                ip: address,
+                size: None,
+                resolver,
+            };
+            match walk::walk(&ours, &theirs) {
+                Ok(m) => matched.push((i, m)),
+                Err(m) => misses.push((address, Some(m))),
             }
         }
         match matched.len() {
+            0 => return Err(explain(&object, &sym.name, target, misses)),
             1 => {
-                let (i, address, seen) = matched.pop().expect("one");
-                let sympos = if candidates.len() == 1 {
-                    0
-                } else {
-                    i as u32 + 1
-                };
-                out.functions.push(Match {
-                    function: sym.name.clone(),
-                    address,
-                    sympos,
-                });
-                out.sympos.insert(sym.name.clone(), sympos);
-                for (name, addr) in seen {
-                    let same = target.symbols.lookup(target.object, &name);
-                    if let Some(pos) = same.iter().position(|e| e.address == addr) {
-                        let p = if same.len() == 1 { 0 } else { pos as u32 + 1 };
-                        out.sympos.insert(name, p);
-                    }
-                }
+                let (i, m) = matched.pop().expect("one");
+                slots.push(Some(vmlinux_match(
+                    &mut out,
+                    symbols,
+                    target.object,
+                    &sym.name,
+                    i,
+                    &m,
+                    None,
+                )));
             }
-            0 => return Err(explain(orig, f, &object, delta, target, misses)),
-            n => {
-                return Err(VerifyError::Ambiguous {
-                    object,
-                    function: sym.name.clone(),
-                    count: n,
-                    addresses: matched
-                        .iter()
-                        .map(|m| format!("{:#x}", m.1))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })
+            _ => {
+                slots.push(None);
+                undecided.push(Undecided {
+                    slot: slots.len() - 1,
+                    function: f,
+                    matched,
+                });
             }
         }
     }
+    if !undecided.is_empty() {
+        let table: Vec<choose::Entry<'_>> = entries
+            .iter()
+            .map(|e| choose::Entry {
+                name: &e.name,
+                code: e.is_text() && in_object(e),
+                group: 0,
+            })
+            .collect();
+        let proven: Vec<u64> = slots.iter().flatten().map(|m| m.address).collect();
+        let certain = |i: usize| {
+            symbols.positions(target.object, &entries[i].name).len() == 1
+                || proven.contains(&entries[i].address)
+        };
+        for u in undecided {
+            let name = &orig.symbol(u.function).name;
+            let positions: Vec<usize> = u.matched.iter().map(|m| m.0).collect();
+            let (order, me) = choose::layout(orig, u.function);
+            let Some((k, place)) = choose::pick(&table, &positions, &order, me, &certain) else {
+                return Err(VerifyError::Ambiguous {
+                    object,
+                    function: name.clone(),
+                    count: positions.len(),
+                    addresses: addresses(positions.iter().map(|&i| entries[i].address)),
+                });
+            };
+            let (i, m) = &u.matched[k];
+            let sympos = sympos_in(symbols.positions(target.object, name), *i);
+            let note = choice_note(
+                &object,
+                &u.matched.iter().map(|m| &m.1).collect::<Vec<_>>(),
+                entries[*i].address,
+                sympos,
+                &place,
+            );
+            slots[u.slot] = Some(vmlinux_match(
+                &mut out,
+                symbols,
+                target.object,
+                name,
+                *i,
+                m,
+                Some(note),
+            ));
+        }
+    }
+    out.functions = slots.into_iter().flatten().collect();
     Ok(out)
 }
 
-/// Compares one candidate; on success returns the (symbol name, address)
-/// pairs its relocation fields reach.
-fn check(
-    orig: &Object,
-    f: SymbolId,
-    address: u64,
-    delta: u64,
-    target: &Target<'_>,
-) -> Result<Vec<(String, u64)>, Miss> {
-    let sym = orig.symbol(f);
-    let section = orig.section(sym.section.expect("defined"));
-    let start = sym.value as usize;
-    let ours = section
-        .data
-        .get(start..start + sym.size as usize)
-        .ok_or(Miss::NoBytes)?;
-    let image_addr = address.wrapping_sub(delta);
-    let theirs = target
-        .image
-        .bytes(image_addr, ours.len())
-        .ok_or(Miss::NoBytes)?;
-    let relocs = section.relocs_in(sym.value, sym.value + sym.size);
-    let masked = |i: u64| {
-        relocs
+/// `sympos` of the entry at position `i` among `same` (every entry of that
+/// name, whatever its type: livepatch counts them all).
+fn sympos_in(same: &[usize], i: usize) -> u32 {
+    if same.len() == 1 {
+        0
+    } else {
+        same.iter()
+            .position(|&j| j == i)
+            .map_or(0, |p| p as u32 + 1)
+    }
+}
+
+/// Records a vmlinux match, and the `sympos` of what its code reaches.
+fn vmlinux_match(
+    out: &mut Verified,
+    symbols: &SymbolTable,
+    object: &str,
+    name: &str,
+    i: usize,
+    m: &Matched,
+    choice: Option<String>,
+) -> Match {
+    let sympos = sympos_in(symbols.positions(object, name), i);
+    out.sympos.insert(name.to_owned(), sympos);
+    for (n, addr) in &m.seen {
+        let same = symbols.positions(object, n);
+        if let Some(&j) = same
             .iter()
-            .any(|r| i >= r.offset - sym.value && i < r.offset - sym.value + reloc_width(r.r_type))
+            .find(|&&j| symbols.entries()[j].address == *addr)
+        {
+            out.sympos.insert(n.clone(), sympos_in(same, j));
+        }
+    }
+    Match {
+        function: name.to_owned(),
+        address: symbols.entries()[i].address,
+        sympos,
+        choice,
+    }
+}
+
+fn addresses(a: impl Iterator<Item = u64>) -> String {
+    a.map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Says which copy is used and why.
+fn choice_note(
+    object: &str,
+    matched: &[&Matched],
+    address: u64,
+    sympos: u32,
+    place: &choose::Placement<'_>,
+) -> String {
+    let identical = matched
+        .iter()
+        .all(|m| m.len == matched[0].len && m.seen == matched[0].seen);
+    let context = match (place.before, place.after) {
+        (Some(b), Some(a)) => format!(": between {b} and {a}"),
+        (Some(b), None) => format!(": after {b}"),
+        (None, Some(a)) => format!(": before {a}"),
+        (None, None) => String::new(),
     };
-    if let Some(i) = (0..ours.len()).find(|&i| ours[i] != theirs[i] && !masked(i as u64)) {
-        return Err(Miss::Bytes { offset: i as u64 });
-    }
-    let mut seen = Vec::new();
-    for r in relocs {
-        let off = (r.offset - sym.value) as usize;
-        let width = reloc_width(r.r_type) as usize;
-        let Some(field) = theirs.get(off..off + width) else {
-            continue;
-        };
-        let p = address + off as u64;
-        // S + A as the kernel's field encodes it, in symbol-table addresses.
-        let s_plus_a = match r.r_type {
-            2 | 4 => p.wrapping_add(i32::from_le_bytes(field.try_into().expect("4")) as i64 as u64),
-            11 => {
-                (i32::from_le_bytes(field.try_into().expect("4")) as i64 as u64).wrapping_add(delta)
-            }
-            10 => u64::from(u32::from_le_bytes(field.try_into().expect("4"))).wrapping_add(delta),
-            1 => u64::from_le_bytes(field.try_into().expect("8")).wrapping_add(delta),
-            _ => continue,
-        };
-        let Some((name, addend)) = named_target(orig, r) else {
-            continue;
-        };
-        let at = s_plus_a.wrapping_sub(addend as u64);
-        let same = target.symbols.lookup(target.object, &name);
-        if same.is_empty() {
-            // Not in kallsyms (e.g. a linker-script symbol): nothing to prove.
-            continue;
-        }
-        if !same.iter().any(|e| e.address == at) {
-            return Err(Miss::Reference {
-                offset: off as u64,
-                ours: name,
-                theirs: describe(target.symbols, target.object, at),
-            });
-        }
-        seen.push((name, at));
-    }
-    Ok(seen)
-}
-
-/// The named symbol a relocation reaches and the addend relative to it;
-/// `None` for strings and anonymous data, which have no name to check.
-fn named_target(obj: &Object, r: &graft_elf::Reloc) -> Option<(String, i64)> {
-    match obj.reloc_target(r) {
-        RelocTarget::Symbol(id) => Some((obj.symbol(id).name.clone(), r.addend)),
-        RelocTarget::SectionOffset(sec, off) => {
-            let section = obj.section(sec);
-            if is_string_section(section) {
-                return None;
-            }
-            let s = obj.symbol_covering(sec, off + pcrel_bias(r.r_type))?;
-            Some((s.name.clone(), off - s.value as i64))
-        }
-    }
-}
-
-/// "name+0x12" for an address, from the symbol table.
-fn describe(symbols: &SymbolTable, object: &str, addr: u64) -> String {
-    match symbols.nearest(object, addr) {
-        Some(e) if e.address == addr => e.name.clone(),
-        Some(e) => format!("{}+{:#x}", e.name, addr - e.address),
-        None => format!("{addr:#x}"),
-    }
+    format!(
+        "{} copies in the target match ({}); the one at {address:#x} (sympos {sympos}) is {object}'s: in the symbol table it lies among that file's functions, in the file's order ({} neighbours agree{context})",
+        matched.len(),
+        if identical {
+            "identical code reaching the same symbols, so any would run the same"
+        } else {
+            "they reach different symbols"
+        },
+        place.score,
+    )
 }
 
 /// Builds the error for a function no candidate matched, from the candidate
 /// that matched longest.
-fn explain(
-    orig: &Object,
-    f: SymbolId,
-    object: &str,
-    delta: u64,
-    target: &Target<'_>,
-    misses: Vec<(u64, Miss)>,
-) -> VerifyError {
-    let sym = orig.symbol(f);
-    let best = misses.into_iter().max_by_key(|(_, m)| match m {
-        Miss::Bytes { offset } | Miss::Reference { offset, .. } => *offset as i64,
-        Miss::NoBytes => -1,
-    });
+fn explain(object: &str, function: &str, target: &Target<'_>, misses: Vec<Tried>) -> VerifyError {
+    let best = misses
+        .into_iter()
+        .max_by_key(|(_, m)| m.as_ref().map_or(-1, |m| m.offset() as i64));
     match best {
-        Some((address, Miss::Bytes { offset })) => {
-            let section = orig.section(sym.section.expect("defined"));
-            let start = sym.value as usize;
-            let ours = &section.data[start..start + sym.size as usize];
-            // A few bytes more of theirs, so a longer last instruction decodes whole.
-            let image_addr = address.wrapping_sub(delta);
-            let theirs = (0..=15)
-                .rev()
-                .find_map(|extra| target.image.bytes(image_addr, ours.len() + extra))
-                .unwrap_or(&[]);
-            let relocs = section.relocs_in(sym.value, sym.value + sym.size);
-            let our_names = |lo: u64, hi: u64| {
-                relocs
-                    .iter()
-                    .find(|r| r.offset - sym.value >= lo && r.offset - sym.value < hi)
-                    .and_then(|r| named_target(orig, r).map(|(n, _)| n))
-            };
-            let mut ours_text = disassemble_at(ours, address, offset, &our_names);
-            let mut theirs_text = disassemble_at(theirs, address, offset, &|_, _| None);
-            if let Some(t) = reached(theirs, address, offset) {
-                theirs_text.push_str(&format!(
-                    " → {}",
-                    describe(target.symbols, target.object, t)
-                ));
-            }
-            if ours_text.is_empty() {
-                ours_text = "(end of function)".into();
-            }
-            if theirs_text.is_empty() {
-                theirs_text = "(end of function)".into();
-            }
-            VerifyError::Mismatch {
-                object: object.to_owned(),
-                function: sym.name.clone(),
-                offset,
-                ours: ours_text,
-                theirs: theirs_text,
-            }
-        }
-        Some((
-            _,
-            Miss::Reference {
-                offset,
-                ours,
-                theirs,
-            },
-        )) => VerifyError::WrongReference {
-            object: object.to_owned(),
-            function: sym.name.clone(),
-            offset,
-            ours,
-            theirs,
-        },
-        Some((address, Miss::NoBytes)) => VerifyError::NotInImage {
+        Some((_, Some(miss))) => miss_error(object, function, miss),
+        Some((address, None)) => VerifyError::NotInImage {
             path: target.image.path.display().to_string(),
-            function: sym.name.clone(),
+            function: function.to_owned(),
             address,
         },
         None => VerifyError::NotInKernel {
             object: object.to_owned(),
-            function: sym.name.clone(),
+            function: function.to_owned(),
         },
     }
 }
 
-/// The instruction of `code` (loaded at `ip`) that covers `offset`, in AT&T
-/// syntax with its bytes; `names(lo, hi)` names the symbol a relocation in
-/// the instruction's byte range refers to, if any.
-pub fn disassemble_at(
-    code: &[u8],
-    ip: u64,
-    offset: u64,
-    names: &dyn Fn(u64, u64) -> Option<String>,
-) -> String {
-    match instruction_at(code, ip, offset) {
-        Some(insn) => {
-            let (lo, hi) = (insn.ip() - ip, insn.ip() - ip + insn.len() as u64);
-            let mut s = String::new();
-            GasFormatter::new().format(&insn, &mut s);
-            let bytes: Vec<String> = code[lo as usize..hi as usize]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            let mut out = format!("{s} [{}]", bytes.join(" "));
-            if let Some(n) = names(lo, hi) {
-                out.push_str(&format!(" → {n}"));
-            }
-            out
-        }
-        None => String::new(),
-    }
-}
-
-fn instruction_at(code: &[u8], ip: u64, offset: u64) -> Option<Instruction> {
-    let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
-    let mut insn = Instruction::default();
-    while d.can_decode() {
-        d.decode_out(&mut insn);
-        if insn.is_invalid() {
-            return None;
-        }
-        if offset >= insn.ip() - ip && offset < insn.ip() - ip + insn.len() as u64 {
-            return Some(insn);
-        }
-    }
-    None
-}
-
-/// The address an instruction's branch or RIP-relative operand reaches.
-fn reached(code: &[u8], ip: u64, offset: u64) -> Option<u64> {
-    let insn = instruction_at(code, ip, offset)?;
-    if insn.is_ip_rel_memory_operand() {
-        Some(insn.ip_rel_memory_address())
-    } else if insn.near_branch_target() != 0 {
-        Some(insn.near_branch_target())
-    } else {
-        None
+fn miss_error(object: &str, function: &str, miss: Miss) -> VerifyError {
+    match miss {
+        Miss::Instruction {
+            offset,
+            ours,
+            theirs,
+        } => VerifyError::Mismatch {
+            object: object.to_owned(),
+            function: function.to_owned(),
+            offset,
+            ours,
+            theirs,
+        },
+        Miss::Reference {
+            offset,
+            ours,
+            theirs,
+        } => VerifyError::WrongReference {
+            object: object.to_owned(),
+            function: function.to_owned(),
+            offset,
+            ours,
+            theirs,
+        },
     }
 }
 
 /// Verifies `functions` of `orig` against the target's module `.ko`. The
-/// module is relocatable too, so code is compared relocation by relocation,
-/// by the names each one reaches; `sympos` counts in the module's own order.
+/// module is relocatable too: its references to other sections are
+/// relocations, compared by what they reach; the assembler resolved those
+/// within its one `.text` in place, as in vmlinux. `sympos` counts in the
+/// module's own order.
 pub fn verify_module(
     orig: &Object,
     functions: &[SymbolId],
@@ -409,157 +390,148 @@ pub fn verify_module(
         let pos = same.iter().position(|e| e.address == value)?;
         Some(if same.len() == 1 { 0 } else { pos as u32 + 1 })
     };
+    let in_module = |name: &str| format!("{name} (module {})", module.name);
     let mut out = Verified::default();
+    let mut slots: Vec<Option<Match>> = Vec::new();
+    let mut undecided = Vec::new();
+    // The module's functions by section and address: what `choose` walks.
+    let mut table: Vec<&graft_elf::Symbol> = ko.functions().collect();
+    table.sort_by_key(|s| (s.section.map(|s| s.0), s.value));
     for &f in functions {
         let sym = orig.symbol(f);
-        let candidates: Vec<_> = ko.functions().filter(|k| k.name == sym.name).collect();
+        let ours = Ours::new(orig, f).ok_or_else(|| VerifyError::Unreadable {
+            object: object.clone(),
+            function: sym.name.clone(),
+        })?;
+        let candidates: Vec<usize> = (0..table.len())
+            .filter(|&i| table[i].name == sym.name)
+            .collect();
         if candidates.is_empty() {
             return Err(VerifyError::NotInKernel {
                 object,
-                function: format!("{} (module {})", sym.name, module.name),
+                function: in_module(&sym.name),
             });
         }
         let mut matched = Vec::new();
-        let mut best: Option<(u64, SymbolId)> = None;
-        for k in &candidates {
-            match compare_in_module(orig, f, ko, k.id) {
-                None => matched.push(*k),
-                Some(off) => {
-                    if best.is_none_or(|(b, _)| off > b) {
-                        best = Some((off, k.id));
+        let mut best: Option<Miss> = None;
+        for &i in &candidates {
+            let k = table[i];
+            let ksec = ko.section(k.section.expect("defined"));
+            let Some(code) = ksec
+                .data
+                .get(k.value as usize..k.value.saturating_add(k.size) as usize)
+            else {
+                continue;
+            };
+            let theirs = Theirs {
+                code,
+                ip: k.value,
+                size: Some(k.size),
+                resolver: Resolver::Relocatable {
+                    obj: ko,
+                    section: ksec,
+                },
+            };
+            match walk::walk(&ours, &theirs) {
+                Ok(m) => matched.push((i, m)),
+                Err(m) => {
+                    if best.as_ref().is_none_or(|b| m.offset() > b.offset()) {
+                        best = Some(m);
                     }
                 }
             }
         }
-        match matched.as_slice() {
-            [k] => {
-                let sympos = sympos_of(&k.name, k.value).unwrap_or(0);
-                out.functions.push(Match {
-                    function: sym.name.clone(),
-                    address: k.value,
-                    sympos,
-                });
-                out.sympos.insert(sym.name.clone(), sympos);
-                let sec = ko.section(k.section.expect("defined"));
-                for r in sec.relocs_in(k.value, k.value + k.size) {
-                    if let Some((name, _)) = named_target(ko, r) {
-                        let target = match ko.reloc_target(r) {
-                            RelocTarget::Symbol(id) => Some(ko.symbol(id)),
-                            RelocTarget::SectionOffset(s, off) => {
-                                ko.symbol_covering(s, off + pcrel_bias(r.r_type))
-                            }
-                        };
-                        if let Some(p) = target
-                            .filter(|t| t.section.is_some())
-                            .and_then(|t| sympos_of(&name, t.value))
-                        {
-                            out.sympos.insert(name, p);
-                        }
-                    }
-                }
-            }
-            [] => {
-                let (offset, k) = best.expect("a candidate that differs");
-                let ksym = ko.symbol(k);
-                let ours_sec = orig.section(sym.section.expect("defined"));
-                let theirs_sec = ko.section(ksym.section.expect("defined"));
-                let ours = &ours_sec.data[sym.value as usize..(sym.value + sym.size) as usize];
-                let theirs = theirs_sec
-                    .data
-                    .get(ksym.value as usize..(ksym.value + ksym.size) as usize)
-                    .unwrap_or(&[]);
-                return Err(VerifyError::Mismatch {
-                    object,
-                    function: format!("{} (module {})", sym.name, module.name),
-                    offset,
-                    ours: disassemble_at(ours, 0, offset, &|_, _| None),
-                    theirs: disassemble_at(theirs, 0, offset, &|_, _| None),
-                });
-            }
-            many => {
-                return Err(VerifyError::Ambiguous {
-                    object,
-                    function: sym.name.clone(),
-                    count: many.len(),
-                    addresses: many
-                        .iter()
-                        .map(|k| format!("{:#x}", k.value))
-                        .collect::<Vec<_>>()
-                        .join(", "),
+        match matched.len() {
+            0 => {
+                return Err(match best {
+                    Some(m) => miss_error(&object, &in_module(&sym.name), m),
+                    None => VerifyError::NotInKernel {
+                        object,
+                        function: in_module(&sym.name),
+                    },
                 })
+            }
+            1 => {
+                let (i, m) = &matched[0];
+                slots.push(Some(module_match(&mut out, &sympos_of, table[*i], m, None)));
+            }
+            _ => {
+                slots.push(None);
+                undecided.push(Undecided {
+                    slot: slots.len() - 1,
+                    function: f,
+                    matched,
+                });
             }
         }
     }
+    if !undecided.is_empty() {
+        let entries: Vec<choose::Entry<'_>> = table
+            .iter()
+            .map(|s| choose::Entry {
+                name: &s.name,
+                code: true,
+                group: s.section.map_or(0, |s| s.0),
+            })
+            .collect();
+        let proven: Vec<(String, u64)> = slots
+            .iter()
+            .flatten()
+            .map(|m| (m.function.clone(), m.address))
+            .collect();
+        let certain = |i: usize| {
+            let s = table[i];
+            table.iter().filter(|t| t.name == s.name).count() == 1
+                || proven.iter().any(|(n, a)| *n == s.name && *a == s.value)
+        };
+        for u in undecided {
+            let name = &orig.symbol(u.function).name;
+            let positions: Vec<usize> = u.matched.iter().map(|m| m.0).collect();
+            let (order, me) = choose::layout(orig, u.function);
+            let Some((k, place)) = choose::pick(&entries, &positions, &order, me, &certain) else {
+                return Err(VerifyError::Ambiguous {
+                    object,
+                    function: in_module(name),
+                    count: positions.len(),
+                    addresses: addresses(positions.iter().map(|&i| table[i].value)),
+                });
+            };
+            let (i, m) = &u.matched[k];
+            let ksym = table[*i];
+            let sympos = sympos_of(&ksym.name, ksym.value).unwrap_or(0);
+            let note = choice_note(
+                &object,
+                &u.matched.iter().map(|m| &m.1).collect::<Vec<_>>(),
+                ksym.value,
+                sympos,
+                &place,
+            );
+            slots[u.slot] = Some(module_match(&mut out, &sympos_of, ksym, m, Some(note)));
+        }
+    }
+    out.functions = slots.into_iter().flatten().collect();
     Ok(out)
 }
 
-/// First offset where `orig`'s function `f` and the module's function `k`
-/// differ. The module was built without `-ffunction-sections`, so the
-/// assembler resolved calls between its functions in place: where our copy
-/// has a relocation and the module's has none, the module's displacement must
-/// land on the symbol our relocation names.
-fn compare_in_module(orig: &Object, f: SymbolId, ko: &Object, k: SymbolId) -> Option<u64> {
-    use graft_diff::compare::normalize;
-    let (os, ks) = (orig.symbol(f), ko.symbol(k));
-    let (osec, ksec) = (orig.section(os.section?), ko.section(ks.section?));
-    let ours = osec
-        .data
-        .get(os.value as usize..(os.value + os.size) as usize)?;
-    let theirs = ksec
-        .data
-        .get(ks.value as usize..(ks.value + ks.size) as usize)?;
-    if ours.len() != theirs.len() {
-        return Some(ours.len().min(theirs.len()) as u64);
-    }
-    let orel = osec.relocs_in(os.value, os.value + os.size);
-    let krel = ksec.relocs_in(ks.value, ks.value + ks.size);
-    let masked = |i: u64| {
-        orel.iter()
-            .any(|r| i >= r.offset - os.value && i < r.offset - os.value + reloc_width(r.r_type))
-            || krel.iter().any(|r| {
-                i >= r.offset - ks.value && i < r.offset - ks.value + reloc_width(r.r_type)
-            })
-    };
-    let mut first: Option<u64> = (0..ours.len())
-        .find(|&i| ours[i] != theirs[i] && !masked(i as u64))
-        .map(|i| i as u64);
-    let mut note = |off: u64| first = Some(first.map_or(off, |f| f.min(off)));
-    for r in orel {
-        let off = r.offset - os.value;
-        match krel.iter().find(|q| q.offset - ks.value == off) {
-            Some(q) => {
-                let (a, b) = (normalize(orig, r, os.value), normalize(ko, q, ks.value));
-                if a != b {
-                    note(off);
-                }
-            }
-            None => {
-                // Resolved in place: only PC-relative references can be.
-                let Some((name, addend)) = named_target(orig, r) else {
-                    note(off);
-                    continue;
-                };
-                if !matches!(r.r_type, 2 | 4) {
-                    note(off);
-                    continue;
-                }
-                let field = &theirs[off as usize..off as usize + 4];
-                let disp = i32::from_le_bytes(field.try_into().expect("4")) as i64;
-                let at = (ks.value + off) as i64 + disp - addend;
-                let hit = ko
-                    .symbols_in(ksec.id)
-                    .any(|s| s.name == name && s.value as i64 == at);
-                if !hit {
-                    note(off);
-                }
-            }
+/// Records a module match, and the `sympos` of what its code reaches.
+fn module_match(
+    out: &mut Verified,
+    sympos_of: &dyn Fn(&str, u64) -> Option<u32>,
+    k: &graft_elf::Symbol,
+    m: &Matched,
+    choice: Option<String>,
+) -> Match {
+    let sympos = sympos_of(&k.name, k.value).unwrap_or(0);
+    out.sympos.insert(k.name.clone(), sympos);
+    for (name, value) in &m.seen {
+        if let Some(p) = sympos_of(name, *value) {
+            out.sympos.insert(name.clone(), p);
         }
     }
-    for q in krel {
-        let off = q.offset - ks.value;
-        if !orel.iter().any(|r| r.offset - os.value == off) {
-            note(off);
-        }
+    Match {
+        function: k.name.clone(),
+        address: k.value,
+        sympos,
+        choice,
     }
-    first
 }

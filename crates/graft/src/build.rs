@@ -184,6 +184,11 @@ fn print_human(r: &BuildReport) {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        for m in &r.verified {
+            if let Some(why) = &m.choice {
+                println!("{}: {why}", m.function);
+            }
+        }
     }
     println!(
         "built {} ({} klp relocation{}) in {:.1}s",

@@ -55,8 +55,11 @@ fn tree_configured_differently_is_refused_naming_function_and_offset() {
             "hint:",
         ],
     );
+    // The first differing instruction, both sides, and what theirs reaches.
     assert!(
-        line.contains("ret"),
+        line.contains("ours `ret [c3]`")
+            && line.contains("the kernel's `jmp ")
+            && line.contains("→ __x86_return_thunk`"),
         "the differing instruction is the return: {line}"
     );
     assert!(!dir.path().join("livepatch-cfg.ko").exists());
@@ -85,10 +88,26 @@ fn tree_of_another_source_version_is_refused() {
     );
     let mut args = build_args(&lab, &p, "ver", dir.path());
     set_arg(&mut args, "--tree", tree);
-    refused(
+    let line = refused(
         args,
         &["cmdline_proc_show", "the target kernel's code", "hint:"],
     );
+    // The first instruction that differs: seq_printf takes the command line
+    // as its third argument, seq_puts as its second.
+    let (ours, theirs) = line
+        .split_once("ours `")
+        .and_then(|(_, rest)| rest.split_once("`, the kernel's `"))
+        .map(|(o, rest)| (o, rest.split('`').next().unwrap_or_default()))
+        .unwrap_or_else(|| panic!("no instructions in {line}"));
+    assert!(
+        ours.contains("%rdx") && ours.ends_with("→ saved_command_line"),
+        "{line}"
+    );
+    assert!(
+        theirs.contains("%rsi") && theirs.ends_with("→ saved_command_line"),
+        "{line}"
+    );
+    assert!(!dir.path().join("livepatch-ver.ko").exists());
 }
 
 #[test]
