@@ -169,7 +169,7 @@ impl Workspace {
         for o in &self.sources.objects {
             if index.unit(o).is_none() {
                 bail!(
-                    "{} is not part of the target kernel's build (kbuild does not compile it with this config: its option is off, or it is not built for x86-64); hint: a fix to code the kernel does not have needs no live patch",
+                    "{} is not part of this kernel's build (kbuild does not compile it with this config: its option is off, or it is not built for x86-64); hint: a fix to code the kernel does not have needs no live patch",
                     o.trim_end_matches(".o").to_owned() + ".c"
                 );
             }
@@ -239,14 +239,40 @@ impl Workspace {
     }
 
     fn compile(&self, objects: &[String], what: &str) -> Result<Vec<Linkage>> {
-        Ok(compile::compile(
+        compile::compile(
             &self.mirror.root,
             &self.sources.tree.make_vars,
             objects,
             self.jobs,
             what,
             &self.mirror.log_path(),
-        )?)
+        )
+        .map_err(|e| match e {
+            // The original source compiles in the kernel's build, so a
+            // failure there means the file is not part of it; a failure of
+            // the patched source is the patch's.
+            graft_kbuild::KbuildError::Compile {
+                what,
+                first_error,
+                log,
+                ..
+            } if what == "the patched source" => anyhow::anyhow!(
+                "the patch does not compile: {first_error}; hint: a fix may need a change it does not carry (a header, another file of the same update), or be written for another kernel version (full output: {})",
+                log.display()
+            ),
+            graft_kbuild::KbuildError::Compile {
+                first_error, log, ..
+            } => anyhow::anyhow!(
+                "{} is not part of this kernel's build: it does not compile with the target's config ({first_error}); hint: a fix to code the kernel does not build needs no live patch (full output: {})",
+                objects
+                    .iter()
+                    .map(|o| o.trim_end_matches(".o").to_owned() + ".c")
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                log.display()
+            ),
+            e => e.into(),
+        })
     }
 
     /// Copies the compiled objects out of the copy before the next compile.

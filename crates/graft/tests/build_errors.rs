@@ -109,6 +109,22 @@ fn c_file_not_built_into_the_target_kernel() {
 }
 
 #[test]
+fn patch_that_does_not_compile_says_so_with_the_first_error() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let p = patch_file(
+        dir.path(),
+        "broken.patch",
+        "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -7,7 +7,7 @@\n static int cmdline_proc_show(struct seq_file *m, void *v)\n {\n \tseq_puts(m, saved_command_line);\n-\tseq_putc(m, '\\n');\n+\tseq_putc(m, graft_undeclared_thing);\n \treturn 0;\n }\n \n",
+    );
+    assert_refused(
+        &build_args(&lab, &p, "broken", dir.path()),
+        &lab.source_tree(),
+        "the patch does not compile: fs/proc/cmdline.c:10",
+    );
+}
+
+#[test]
 fn missing_symbol_table() {
     let lab = lab();
     let dir = tempfile::tempdir().unwrap();
