@@ -21,6 +21,16 @@ pub fn sym_name(object: &str, name: &str, sympos: u32) -> String {
     format!("{SYM_PREFIX}{object}.{name},{sympos}")
 }
 
+/// Prefix of the global aliases graft gives the new functions of a patch,
+/// which the stub's `klp_func`s name (`__graft_new_<unit>_<n>`); stack
+/// traces of patched code show them, and graft-ops maps them back.
+pub const NEW_ALIAS_PREFIX: &str = "__graft_new_";
+
+/// The alias of the `n`-th carried function of the patch's `unit`-th file.
+pub fn new_alias(unit: usize, n: usize) -> String {
+    format!("{NEW_ALIAS_PREFIX}{unit}_{n}")
+}
+
 /// Splits a klp symbol name into (object, name, sympos).
 pub fn parse_sym_name(full: &str) -> Option<(&str, &str, u32)> {
     let rest = full.strip_prefix(SYM_PREFIX)?;

@@ -98,299 +98,390 @@ pub fn plan<'a>(
     resolver: &Resolver<'_>,
     unit: usize,
 ) -> Result<Plan<'a>, KlpError> {
-    let mut plan = Plan {
-        patched,
-        object: resolver.object.to_owned(),
-        sections: BTreeSet::new(),
-        targets: BTreeMap::new(),
-        funcs: Vec::new(),
-        aliases: Vec::new(),
-        callbacks: Vec::new(),
-        specials: Vec::new(),
-        new_globals: diff
-            .functions
-            .iter()
-            .chain(&diff.data)
-            .filter(|c| c.verdict == Verdict::New && patched.symbol(c.symbol).is_global())
-            .map(|c| c.symbol)
-            .collect(),
-    };
-    let object = plan.object_name();
-    let code = CodeMap::new(patched);
-    let kernel_names: HashMap<SymbolId, &str> = diff
-        .functions
-        .iter()
-        .chain(&diff.data)
-        .filter_map(|c| c.orig_name.as_deref().map(|n| (c.symbol, n)))
-        .collect();
-    let carry_if_used: BTreeSet<SymbolId> = diff.carried_data().map(|c| c.symbol).collect();
+    let mut p = Planner::new(patched, diff, resolver);
+    p.seed_functions()?;
+    p.keep_table_entries();
+    p.resolve_references()?;
+    p.plan.specials = crate::special::cut(&p.plan, diff, &p.kept)?;
+    p.register_functions(unit)?;
+    p.wire_callbacks()?;
+    Ok(p.plan)
+}
 
-    let mut work: Vec<SectionId> = Vec::new();
-    for c in diff.included_functions() {
-        // Aliases (same address) are one function; other functions in the
-        // section are not.
-        let at = patched.symbol(c.symbol).value;
-        let shared = patched
-            .symbols_in(c.section_id)
-            .any(|s| s.kind == SymKind::Func && s.id != c.symbol && s.value != at);
-        if shared {
-            return Err(KlpError::Unsupported {
-                object,
-                what: format!(
-                    "{} shares {} with other functions, and graft carries whole sections; hint: this is a graft limitation for functions with an explicit section (__sched, noinstr…)",
-                    c.name, c.section
-                ),
-            });
-        }
-        if plan.sections.insert(c.section_id) {
-            work.push(c.section_id);
+/// The state of one planning: what is carried so far, and what is left to
+/// resolve.
+struct Planner<'a, 'd, 'r> {
+    plan: Plan<'a>,
+    diff: &'d ObjectDiff,
+    resolver: &'r Resolver<'r>,
+    object: String,
+    code: CodeMap,
+    /// The name the running kernel knows each paired symbol by.
+    kernel_names: HashMap<SymbolId, String>,
+    /// Data the module carries as soon as carried code uses it.
+    carry_if_used: BTreeSet<SymbolId>,
+    carried_funcs: BTreeSet<SymbolId>,
+    /// Sections of anonymous pieces, their piece starts, and the ranges of
+    /// them carried code uses.
+    piece_sections: BTreeSet<SectionId>,
+    starts: HashMap<SectionId, Vec<u64>>,
+    live: BTreeMap<SectionId, Vec<(u64, u64)>>,
+    /// Kept table entries: (table index, entry index).
+    kept: Vec<(usize, usize)>,
+    /// Carried sections whose relocations are still to resolve.
+    work: Vec<SectionId>,
+}
+
+impl<'a, 'd, 'r> Planner<'a, 'd, 'r> {
+    fn new(patched: &'a Object, diff: &'d ObjectDiff, resolver: &'r Resolver<'r>) -> Self {
+        let plan = Plan {
+            patched,
+            object: resolver.object.to_owned(),
+            sections: BTreeSet::new(),
+            targets: BTreeMap::new(),
+            funcs: Vec::new(),
+            aliases: Vec::new(),
+            callbacks: Vec::new(),
+            specials: Vec::new(),
+            new_globals: diff
+                .functions
+                .iter()
+                .chain(&diff.data)
+                .filter(|c| c.verdict == Verdict::New && patched.symbol(c.symbol).is_global())
+                .map(|c| c.symbol)
+                .collect(),
+        };
+        let object = plan.object_name();
+        let code = CodeMap::new(patched);
+        let piece_sections: BTreeSet<SectionId> = patched
+            .sections
+            .iter()
+            .filter(|s| is_piece_section(patched, s.id))
+            .map(|s| s.id)
+            .collect();
+        let starts = piece_sections
+            .iter()
+            .map(|&s| (s, special::piece_starts(patched, &code, s)))
+            .collect();
+        Planner {
+            kernel_names: diff
+                .functions
+                .iter()
+                .chain(&diff.data)
+                .filter_map(|c| c.orig_name.clone().map(|n| (c.symbol, n)))
+                .collect(),
+            carry_if_used: diff.carried_data().map(|c| c.symbol).collect(),
+            carried_funcs: diff.included_functions().map(|c| c.symbol).collect(),
+            plan,
+            diff,
+            resolver,
+            object,
+            code,
+            piece_sections,
+            starts,
+            live: BTreeMap::new(),
+            kept: Vec::new(),
+            work: Vec::new(),
         }
     }
-    let carried_funcs: BTreeSet<SymbolId> = diff.included_functions().map(|c| c.symbol).collect();
 
-    // Live ranges of piece sections: only their relocations are resolved.
-    let mut live: BTreeMap<SectionId, Vec<(u64, u64)>> = BTreeMap::new();
-    let piece_sections: BTreeSet<SectionId> = patched
-        .sections
-        .iter()
-        .filter(|s| is_piece_section(patched, s.id))
-        .map(|s| s.id)
-        .collect();
-    let starts: HashMap<SectionId, Vec<u64>> = piece_sections
-        .iter()
-        .map(|&s| (s, special::piece_starts(patched, &code, s)))
-        .collect();
+    fn carry(&mut self, sec: SectionId) {
+        if self.plan.sections.insert(sec) {
+            self.work.push(sec);
+        }
+    }
 
-    // Kept table entries: (table index, entry index).
-    let mut kept: Vec<(usize, usize)> = Vec::new();
-    for (ti, t) in diff.tables.iter().enumerate() {
-        for (ei, e) in t.entries.iter().enumerate() {
-            if e.owner.is_some_and(|o| carried_funcs.contains(&o)) {
-                kept.push((ti, ei));
-                if let Some((rs, lo, hi)) = e.replacement {
-                    live.entry(rs).or_default().push((lo, hi));
+    /// The sections of the changed and new functions. After
+    /// [`crate::split`]-like splitting every function has its own section;
+    /// one that still shares it cannot be carried alone.
+    fn seed_functions(&mut self) -> Result<(), KlpError> {
+        let patched = self.plan.patched;
+        for c in self.diff.included_functions() {
+            // Aliases (same address) are one function; other functions in
+            // the section are not.
+            let at = patched.symbol(c.symbol).value;
+            let shared = patched
+                .symbols_in(c.section_id)
+                .any(|s| s.kind == SymKind::Func && s.id != c.symbol && s.value != at);
+            if shared {
+                return Err(KlpError::Unsupported {
+                    object: self.object.clone(),
+                    what: format!(
+                        "{} shares {} with other functions, and graft carries whole sections; hint: this is a graft limitation for functions with an explicit section (__sched, noinstr…)",
+                        c.name, c.section
+                    ),
+                });
+            }
+            self.carry(c.section_id);
+        }
+        Ok(())
+    }
+
+    /// The entries of tables about code that describe carried functions,
+    /// and the replacement code (alternatives) they point to.
+    fn keep_table_entries(&mut self) {
+        for (ti, t) in self.diff.tables.iter().enumerate() {
+            for (ei, e) in t.entries.iter().enumerate() {
+                if e.owner.is_some_and(|o| self.carried_funcs.contains(&o)) {
+                    self.kept.push((ti, ei));
+                    if let Some((rs, lo, hi)) = e.replacement {
+                        self.live.entry(rs).or_default().push((lo, hi));
+                    }
                 }
             }
         }
     }
 
-    // Relocations to resolve: those of carried sections (limited to live
-    // pieces for piece sections) and those of kept entries.
-    let mut resolved_sections: BTreeSet<SectionId> = BTreeSet::new();
-    let mut entry_relocs: Vec<(SectionId, u64)> = Vec::new();
-    for &(ti, ei) in &kept {
-        let t = &diff.tables[ti];
-        let e = &t.entries[ei];
-        for r in patched.section(t.id).relocs_in(e.offset, e.offset + e.size) {
-            entry_relocs.push((t.id, r.offset));
-        }
-    }
-    let mut pending: Vec<(SectionId, u64)> = entry_relocs;
-    loop {
-        while let Some(sec) = work.pop() {
-            if !resolved_sections.insert(sec) {
-                continue;
-            }
-            if piece_sections.contains(&sec) {
-                continue; // resolved by live range below
-            }
-            for r in &patched.section(sec).relocs {
-                pending.push((sec, r.offset));
+    /// Resolves every relocation of what is carried (carried sections,
+    /// live pieces, kept entries), carrying what they need in turn, until
+    /// nothing new is carried.
+    fn resolve_references(&mut self) -> Result<(), KlpError> {
+        let patched = self.plan.patched;
+        let mut resolved_sections: BTreeSet<SectionId> = BTreeSet::new();
+        let mut pending: Vec<(SectionId, u64)> = Vec::new();
+        for &(ti, ei) in &self.kept {
+            let t = &self.diff.tables[ti];
+            let e = &t.entries[ei];
+            for r in patched.section(t.id).relocs_in(e.offset, e.offset + e.size) {
+                pending.push((t.id, r.offset));
             }
         }
-        // Piece sections: relocations inside live ranges.
-        for (&sec, ranges) in &live {
-            for r in &patched.section(sec).relocs {
-                if ranges
-                    .iter()
-                    .any(|&(lo, hi)| r.offset >= lo && r.offset < hi)
-                    && !plan.targets.contains_key(&(sec, r.offset))
-                    && !pending.contains(&(sec, r.offset))
-                {
+        loop {
+            while let Some(sec) = self.work.pop() {
+                if !resolved_sections.insert(sec) {
+                    continue;
+                }
+                if self.piece_sections.contains(&sec) {
+                    continue; // resolved by live range below
+                }
+                for r in &patched.section(sec).relocs {
                     pending.push((sec, r.offset));
                 }
             }
-            if plan.sections.insert(sec) {
-                resolved_sections.insert(sec);
-            }
-        }
-        if pending.is_empty() {
-            break;
-        }
-        while let Some((sec, off)) = pending.pop() {
-            if plan.targets.contains_key(&(sec, off)) {
-                continue;
-            }
-            let section = patched.section(sec);
-            let Some(r) = section.relocs_in(off, off + 1).first().copied() else {
-                continue;
-            };
-            let user = function_at(patched, sec, off);
-            let target = match code.target(patched, section, &r) {
-                // What the stub defines (`__graft_patch`, for graft_state())
-                // links inside the module.
-                Ref::Undefined(name, _) if crate::stub::DEFINES.contains(&name.as_str()) => {
-                    Target::External(name, r.addend)
-                }
-                Ref::Undefined(name, _) => Target::External(
-                    external_name(resolver, &object, &user, &name, true)?,
-                    r.addend,
-                ),
-                Ref::Place(home, at, _) => {
-                    let hs = patched.section(home);
-                    let own = patched.symbol(r.symbol);
-                    let named = if matches!(own.kind, SymKind::Func | SymKind::Object)
-                        && own.section.is_some()
+            // Piece sections: relocations inside live ranges.
+            for (&sec, ranges) in &self.live {
+                for r in &patched.section(sec).relocs {
+                    if ranges
+                        .iter()
+                        .any(|&(lo, hi)| r.offset >= lo && r.offset < hi)
+                        && !self.plan.targets.contains_key(&(sec, r.offset))
+                        && !pending.contains(&(sec, r.offset))
                     {
-                        // A reference to a named symbol is to that symbol.
-                        Some(r.symbol)
-                    } else {
-                        (!is_string_section(hs) && !piece_sections.contains(&home))
-                            .then(|| graft_diff::correlate::symbol_at(patched, home, at))
-                            .flatten()
-                    };
-                    match named {
-                        Some(sym) => {
-                            let s = patched.symbol(sym);
-                            let carry = plan.sections.contains(&home)
-                                || carry_if_used.contains(&sym)
-                                || carried_funcs.contains(&sym)
-                                || is_constant(patched, sym);
-                            // Relative to the symbol: the raw addend with the
-                            // symbol's offset in its section removed.
-                            let addend = reloc_addend_to(patched, &r, s.value);
-                            if carry {
-                                if plan.sections.insert(home) {
-                                    work.push(home);
-                                }
-                                Target::Symbol(sym, addend)
-                            } else if matches!(s.kind, SymKind::Func | SymKind::Object) {
-                                let name = kernel_names.get(&sym).copied().unwrap_or(&s.name);
-                                Target::External(
-                                    external_name(resolver, &object, &user, name, s.is_global())?,
-                                    addend,
-                                )
-                            } else {
-                                return Err(KlpError::Unsupported {
-                                    object,
-                                    what: format!(
-                                        "{user} references {}, an untyped symbol in {}; graft cannot tell what it is",
-                                        s.name, hs.name
-                                    ),
-                                });
-                            }
-                        }
-                        None => {
-                            if piece_sections.contains(&home) {
-                                let st = &starts[&home];
-                                let start = st
-                                    .iter()
-                                    .rev()
-                                    .find(|&&x| x as i64 <= at)
-                                    .copied()
-                                    .unwrap_or(0);
-                                let range = special::piece_range(patched, home, st, start);
-                                live.entry(home).or_default().push(range);
-                            }
-                            if plan.sections.insert(home) {
-                                work.push(home);
-                            }
-                            // Through a section symbol or a local label
-                            // (`.LC3`): the offset in the section.
-                            let off = if own.kind == SymKind::Section {
-                                reloc_addend_to(patched, &r, 0)
-                            } else {
-                                (own.value as i64).wrapping_add(r.addend)
-                            };
-                            Target::Section(home, off)
-                        }
+                        pending.push((sec, r.offset));
                     }
                 }
-            };
-            plan.targets.insert((sec, off), target);
-        }
-    }
-
-    plan.specials = crate::special::cut(&plan, diff, &kept)?;
-
-    // Aliases (`__x64_sys_getpid` and `__do_sys_getpid` are one function)
-    // are registered once: two klp_funcs for one address would stack two
-    // ftrace redirections on it. The global name is preferred: it is unique.
-    let mut by_address: BTreeMap<(SectionId, u64), &graft_diff::Change> = BTreeMap::new();
-    for c in diff
-        .included_functions()
-        .filter(|c| !graft_diff::rules::is_part(&c.name))
-    {
-        let key = (c.section_id, patched.symbol(c.symbol).value);
-        let better = |old: &&graft_diff::Change| {
-            patched.symbol(c.symbol).is_global() && !patched.symbol(old.symbol).is_global()
-        };
-        match by_address.get(&key) {
-            Some(old) if !better(old) => {}
-            _ => {
-                by_address.insert(key, c);
+                if self.plan.sections.insert(sec) {
+                    resolved_sections.insert(sec);
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            while let Some((sec, off)) = pending.pop() {
+                if self.plan.targets.contains_key(&(sec, off)) {
+                    continue;
+                }
+                if let Some(target) = self.resolve(sec, off)? {
+                    self.plan.targets.insert((sec, off), target);
+                }
             }
         }
     }
-    let registered: BTreeSet<SymbolId> = by_address.values().map(|c| c.symbol).collect();
-    for (n, c) in diff.included_functions().enumerate() {
-        if graft_diff::rules::is_part(&c.name) || !registered.contains(&c.symbol) {
-            continue;
-        }
-        let alias = format!("__graft_new_{unit}_{n}");
-        plan.aliases.push((c.symbol, alias.clone()));
-        if matches!(c.verdict, Verdict::Changed { .. }) {
-            let old_name = c.orig_name.clone().unwrap_or_else(|| c.name.clone());
-            let old_sympos = resolver
-                .sympos(&old_name)
-                .map_err(|e| lookup_error(&object, &old_name, &old_name, e))?;
-            plan.funcs.push(KlpFunc {
-                object: (resolver.object != graft_elf::klp::VMLINUX)
-                    .then(|| resolver.object.to_owned()),
-                old_name,
-                old_sympos,
-                new_symbol: alias,
-            });
+
+    /// Where the relocation at `sec`+`off` goes.
+    fn resolve(&mut self, sec: SectionId, off: u64) -> Result<Option<Target>, KlpError> {
+        let patched = self.plan.patched;
+        let section = patched.section(sec);
+        let Some(r) = section.relocs_in(off, off + 1).first().copied() else {
+            return Ok(None);
+        };
+        let user = function_at(patched, sec, off);
+        Ok(Some(match self.code.target(patched, section, &r) {
+            // What the stub defines (`__graft_patch`, for graft_state())
+            // links inside the module.
+            Ref::Undefined(name, _) if crate::stub::DEFINES.contains(&name.as_str()) => {
+                Target::External(name, r.addend)
+            }
+            Ref::Undefined(name, _) => Target::External(
+                external_name(self.resolver, &self.object, &user, &name, true)?,
+                r.addend,
+            ),
+            Ref::Place(home, at, _) => self.resolve_place(&r, home, at, &user)?,
+        }))
+    }
+
+    /// A reference to a place of the patched object: a named symbol there
+    /// (carried, or the running kernel's), or an offset in a carried
+    /// section (strings, anonymous pieces).
+    fn resolve_place(
+        &mut self,
+        r: &graft_elf::Reloc,
+        home: SectionId,
+        at: i64,
+        user: &str,
+    ) -> Result<Target, KlpError> {
+        let patched = self.plan.patched;
+        let hs = patched.section(home);
+        let own = patched.symbol(r.symbol);
+        let named = if matches!(own.kind, SymKind::Func | SymKind::Object) && own.section.is_some()
+        {
+            // A reference to a named symbol is to that symbol.
+            Some(r.symbol)
+        } else {
+            (!is_string_section(hs) && !self.piece_sections.contains(&home))
+                .then(|| graft_diff::correlate::symbol_at(patched, home, at))
+                .flatten()
+        };
+        let Some(sym) = named else {
+            if self.piece_sections.contains(&home) {
+                let st = &self.starts[&home];
+                let start = st
+                    .iter()
+                    .rev()
+                    .find(|&&x| x as i64 <= at)
+                    .copied()
+                    .unwrap_or(0);
+                let range = special::piece_range(patched, home, st, start);
+                self.live.entry(home).or_default().push(range);
+            }
+            self.carry(home);
+            // Through a section symbol or a local label (`.LC3`): the
+            // offset in the section.
+            let off = if own.kind == SymKind::Section {
+                reloc_addend_to(patched, r, 0)
+            } else {
+                (own.value as i64).wrapping_add(r.addend)
+            };
+            return Ok(Target::Section(home, off));
+        };
+        let s = patched.symbol(sym);
+        let carry = self.plan.sections.contains(&home)
+            || self.carry_if_used.contains(&sym)
+            || self.carried_funcs.contains(&sym)
+            || is_constant(patched, sym);
+        // Relative to the symbol: the raw addend with the symbol's offset
+        // in its section removed.
+        let addend = reloc_addend_to(patched, r, s.value);
+        if carry {
+            self.carry(home);
+            Ok(Target::Symbol(sym, addend))
+        } else if matches!(s.kind, SymKind::Func | SymKind::Object) {
+            let name = self
+                .kernel_names
+                .get(&sym)
+                .map_or(s.name.as_str(), String::as_str);
+            Ok(Target::External(
+                external_name(self.resolver, &self.object, user, name, s.is_global())?,
+                addend,
+            ))
+        } else {
+            Err(KlpError::Unsupported {
+                object: self.object.clone(),
+                what: format!(
+                    "{user} references {}, an untyped symbol in {}; graft cannot tell what it is",
+                    s.name, hs.name
+                ),
+            })
         }
     }
 
-    // Callbacks: functions the patch carries, named by their aliases (by
-    // address: gcc may have made the callback an alias of an identical
-    // function, which then holds the stub's alias).
-    let home = |id: SymbolId| (patched.symbol(id).section, patched.symbol(id).value);
-    for cb in &diff.markers.callbacks {
-        let Some((_, alias)) = plan
-            .aliases
-            .iter()
-            .find(|(s, _)| home(*s) == home(cb.symbol))
-        else {
-            return Err(KlpError::Markers {
-                what: format!(
-                    "{object}: the {} callback {} is not code the patch carries (it is the running kernel's, unchanged{})",
-                    cb.kind.field(),
-                    cb.function,
-                    if diff.functions.iter().any(|c| c.symbol == cb.symbol && c.ignored) {
-                        ", and marked ignored"
-                    } else {
-                        ""
-                    }
-                ),
-                hint: format!(
-                    "define the callback in the patch, next to {}(...)",
-                    cb.kind.macro_name()
-                ),
-            });
-        };
-        plan.callbacks.push(KlpCallback {
-            object: (resolver.object != graft_elf::klp::VMLINUX)
-                .then(|| resolver.object.to_owned()),
-            kind: cb.kind,
-            function: cb.function.clone(),
-            file: patched.path.display().to_string(),
-            symbol: alias.clone(),
-        });
+    /// A global alias for each carried function the stub names, and a
+    /// `klp_func` for each changed one. Aliases (`__x64_sys_getpid` and
+    /// `__do_sys_getpid` are one function) are registered once: two
+    /// klp_funcs for one address would stack two ftrace redirections on it.
+    /// The global name is preferred: it is unique.
+    fn register_functions(&mut self, unit: usize) -> Result<(), KlpError> {
+        let patched = self.plan.patched;
+        let diff = self.diff;
+        let mut by_address: BTreeMap<(SectionId, u64), &graft_diff::Change> = BTreeMap::new();
+        for c in diff
+            .included_functions()
+            .filter(|c| !graft_diff::rules::is_part(&c.name))
+        {
+            let key = (c.section_id, patched.symbol(c.symbol).value);
+            let better = |old: &&graft_diff::Change| {
+                patched.symbol(c.symbol).is_global() && !patched.symbol(old.symbol).is_global()
+            };
+            match by_address.get(&key) {
+                Some(old) if !better(old) => {}
+                _ => {
+                    by_address.insert(key, c);
+                }
+            }
+        }
+        let registered: BTreeSet<SymbolId> = by_address.values().map(|c| c.symbol).collect();
+        for (n, c) in diff.included_functions().enumerate() {
+            if graft_diff::rules::is_part(&c.name) || !registered.contains(&c.symbol) {
+                continue;
+            }
+            let alias = graft_elf::klp::new_alias(unit, n);
+            self.plan.aliases.push((c.symbol, alias.clone()));
+            if matches!(c.verdict, Verdict::Changed { .. }) {
+                let old_name = c.orig_name.clone().unwrap_or_else(|| c.name.clone());
+                let old_sympos = self
+                    .resolver
+                    .sympos(&old_name)
+                    .map_err(|e| lookup_error(&self.object, &old_name, &old_name, e))?;
+                self.plan.funcs.push(KlpFunc {
+                    object: (self.resolver.object != graft_elf::klp::VMLINUX)
+                        .then(|| self.resolver.object.to_owned()),
+                    old_name,
+                    old_sympos,
+                    new_symbol: alias,
+                });
+            }
+        }
+        Ok(())
     }
-    Ok(plan)
+
+    /// Callbacks: functions the patch carries, named by their aliases (by
+    /// address: gcc may have made the callback an alias of an identical
+    /// function, which then holds the stub's alias).
+    fn wire_callbacks(&mut self) -> Result<(), KlpError> {
+        let patched = self.plan.patched;
+        let object = &self.object;
+        let home = |id: SymbolId| (patched.symbol(id).section, patched.symbol(id).value);
+        for cb in &self.diff.markers.callbacks {
+            let Some((_, alias)) = self
+                .plan
+                .aliases
+                .iter()
+                .find(|(s, _)| home(*s) == home(cb.symbol))
+            else {
+                return Err(KlpError::Markers {
+                    what: format!(
+                        "{object}: the {} callback {} is not code the patch carries (it is the running kernel's, unchanged{})",
+                        cb.kind.field(),
+                        cb.function,
+                        if self
+                            .diff
+                            .functions
+                            .iter()
+                            .any(|c| c.symbol == cb.symbol && c.ignored)
+                        {
+                            ", and marked ignored"
+                        } else {
+                            ""
+                        }
+                    ),
+                    hint: format!(
+                        "define the callback in the patch, next to {}(...)",
+                        cb.kind.macro_name()
+                    ),
+                });
+            };
+            let alias = alias.clone();
+            self.plan.callbacks.push(KlpCallback {
+                object: (self.resolver.object != graft_elf::klp::VMLINUX)
+                    .then(|| self.resolver.object.to_owned()),
+                kind: cb.kind,
+                function: cb.function.clone(),
+                file: patched.path.display().to_string(),
+                symbol: alias,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Sections whose contents are anonymous pieces (no symbols): only the

@@ -148,7 +148,7 @@ pub fn stack_names(path: &Path) -> Result<Vec<(String, String)>, OpsError> {
 }
 
 /// The prefix of the stub's aliases of new functions (graft-klp).
-const ALIAS_PREFIX: &str = "__graft_new_";
+const ALIAS_PREFIX: &str = graft_elf::klp::NEW_ALIAS_PREFIX;
 
 /// `.modinfo` is a sequence of NUL-terminated `key=value` strings, padded
 /// with NULs between the entries of different objects.
