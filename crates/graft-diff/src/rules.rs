@@ -142,109 +142,254 @@ pub fn is_part(name: &str) -> bool {
 }
 
 /// The refusals of `diff`; `blocked` says why each hookless changed
-/// function could not be patched through its callers.
+/// function could not be patched through its callers. One pass per kind
+/// of thing a live patch cannot carry.
 pub fn check(
     ctx: &Ctx<'_>,
     diff: &ObjectDiff,
     opts: &Options<'_>,
     blocked: &HashMap<SymbolId, Blocked>,
 ) -> Vec<Refusal> {
-    let patched = ctx.patched.obj;
+    let r = Refuser { ctx, diff };
     let mut out = Vec::new();
-    let refuse = |symbol: &str, rule: Rule| Refusal {
-        object: diff.object.clone(),
-        symbol: symbol.to_owned(),
-        rule,
-    };
-    let included: BTreeSet<SymbolId> = diff.included_functions().map(|c| c.symbol).collect();
-    let included_sections: BTreeSet<_> = diff.included_functions().map(|c| c.section_id).collect();
+    r.carried_functions(blocked, &mut out);
+    r.changed_data(&mut out);
+    r.constants_in_data(&mut out);
+    r.ambiguous_pairs(&mut out);
+    r.export_crcs(opts, &mut out);
+    r.keys_in_module(opts, &mut out);
+    r.unknown_sections(&mut out);
+    out.dedup();
+    out
+}
 
-    for c in diff.included_functions() {
-        if is_init_section(&c.section) {
-            out.push(refuse(
-                &c.name,
-                Rule::InitCode {
-                    section: c.section.clone(),
-                },
-            ));
-            continue;
+struct Refuser<'c, 'a> {
+    ctx: &'c Ctx<'a>,
+    diff: &'c ObjectDiff,
+}
+
+impl Refuser<'_, '_> {
+    fn refuse(&self, symbol: &str, rule: Rule) -> Refusal {
+        Refusal {
+            object: self.diff.object.clone(),
+            symbol: symbol.to_owned(),
+            rule,
         }
-        // The hook that matters is the running kernel's: livepatch
-        // redirects the old function.
-        if matches!(c.verdict, Verdict::Changed { .. })
-            && !is_part(&c.name)
-            && c.twin.is_some_and(|o| !has_fentry(ctx.orig.obj, o))
+    }
+
+    /// Changed or new `__init`/`__exit` code, and changed functions
+    /// livepatch cannot redirect (no `__fentry__`) that no caller covers.
+    fn carried_functions(&self, blocked: &HashMap<SymbolId, Blocked>, out: &mut Vec<Refusal>) {
+        let (ctx, diff) = (self.ctx, self.diff);
+        let refuse = |s: &str, r: Rule| self.refuse(s, r);
+        for c in diff.included_functions() {
+            if is_init_section(&c.section) {
+                out.push(refuse(
+                    &c.name,
+                    Rule::InitCode {
+                        section: c.section.clone(),
+                    },
+                ));
+                continue;
+            }
+            // The hook that matters is the running kernel's: livepatch
+            // redirects the old function.
+            if matches!(c.verdict, Verdict::Changed { .. })
+                && !is_part(&c.name)
+                && c.twin.is_some_and(|o| !has_fentry(ctx.orig.obj, o))
+            {
+                let (why, hint) = blocked.get(&c.symbol).map_or_else(
+                    || {
+                        (
+                            "graft found no way to reach it through its callers".to_owned(),
+                            "make the change in a function with __fentry__".to_owned(),
+                        )
+                    },
+                    |b| (b.why.clone(), b.hint.clone()),
+                );
+                out.push(refuse(&c.name, Rule::NoFentry { why, hint }));
+            }
+        }
+    }
+
+    /// Changed `__init` data, and changed writable data (its initial value
+    /// or layout: running code already uses the old one).
+    fn changed_data(&self, out: &mut Vec<Refusal>) {
+        let (ctx, diff) = (self.ctx, self.diff);
+        let patched = ctx.patched.obj;
+        let refuse = |s: &str, r: Rule| self.refuse(s, r);
+        for c in &diff.data {
+            let Verdict::Changed { .. } = c.verdict else {
+                continue;
+            };
+            if is_init_section(&c.section) {
+                out.push(refuse(
+                    &c.name,
+                    Rule::InitCode {
+                        section: c.section.clone(),
+                    },
+                ));
+                continue;
+            }
+            let sec = patched.section(c.section_id);
+            let writable = sec.flags & 1 != 0;
+            if c.hidden == Some(Hidden::Registry) {
+                // Dynamic debug descriptors are carried fresh with the code.
+                continue;
+            }
+            if writable {
+                let old_size = c.twin.map_or(0, |o| ctx.orig.obj.symbol(o).size);
+                out.push(refuse(
+                    &c.name,
+                    Rule::DataChanged {
+                        section: c.section.clone(),
+                        old_size,
+                        new_size: patched.symbol(c.symbol).size,
+                    },
+                ));
+            }
+        }
+    }
+
+    /// A changed constant pointed to by writable data that did not change.
+    fn constants_in_data(&self, out: &mut Vec<Refusal>) {
+        let (ctx, diff) = (self.ctx, self.diff);
+        let patched = ctx.patched.obj;
+        let refuse = |s: &str, r: Rule| self.refuse(s, r);
+        let refs = crate::correlate::references(patched, &ctx.patched.code);
+        for c in diff
+            .data
+            .iter()
+            .filter(|c| c.verdict == Verdict::Same || c.reason.is_some())
         {
-            let (why, hint) = blocked.get(&c.symbol).map_or_else(
-                || {
-                    (
-                        "graft found no way to reach it through its callers".to_owned(),
-                        "make the change in a function with __fentry__".to_owned(),
-                    )
-                },
-                |b| (b.why.clone(), b.hint.clone()),
-            );
-            out.push(refuse(&c.name, Rule::NoFentry { why, hint }));
+            let s = patched.symbol(c.symbol);
+            let writable = s
+                .section
+                .is_some_and(|sec| patched.section(sec).flags & 1 != 0);
+            if !writable {
+                continue;
+            }
+            for t in refs.get(&c.symbol).into_iter().flatten() {
+                if let Some(k) = diff.data.iter().find(|d| d.symbol == *t) {
+                    if matches!(k.verdict, Verdict::Changed { .. }) && k.hidden.is_none() {
+                        let ks = patched.symbol(k.symbol);
+                        let kw = ks
+                            .section
+                            .is_some_and(|sec| patched.section(sec).flags & 1 != 0);
+                        if !kw {
+                            out.push(refuse(
+                                &c.name,
+                                Rule::ConstantInData {
+                                    constant: k.name.clone(),
+                                },
+                            ));
+                        }
+                    }
+                }
+            }
         }
     }
 
-    for c in &diff.data {
-        let Verdict::Changed { .. } = c.verdict else {
-            continue;
-        };
-        if is_init_section(&c.section) {
+    /// Numbered locals graft could not pair with certainty.
+    fn ambiguous_pairs(&self, out: &mut Vec<Refusal>) {
+        let ctx = self.ctx;
+        let patched = ctx.patched.obj;
+        let refuse = |s: &str, r: Rule| self.refuse(s, r);
+        for (p, os, why) in &ctx.twins.ambiguous {
             out.push(refuse(
-                &c.name,
-                Rule::InitCode {
-                    section: c.section.clone(),
-                },
-            ));
-            continue;
-        }
-        let sec = patched.section(c.section_id);
-        let writable = sec.flags & 1 != 0;
-        if c.hidden == Some(Hidden::Registry) {
-            // Dynamic debug descriptors are carried fresh with the code.
-            continue;
-        }
-        if writable {
-            let old_size = c.twin.map_or(0, |o| ctx.orig.obj.symbol(o).size);
-            out.push(refuse(
-                &c.name,
-                Rule::DataChanged {
-                    section: c.section.clone(),
-                    old_size,
-                    new_size: patched.symbol(c.symbol).size,
+                &patched.symbol(*p).name,
+                Rule::Ambiguous {
+                    candidates: os
+                        .iter()
+                        .map(|o| ctx.orig.obj.symbol(*o).name.clone())
+                        .collect(),
+                    why: why.clone(),
                 },
             ));
         }
     }
-    // A changed constant pointed to by writable data that did not change.
-    let refs = crate::correlate::references(patched, &ctx.patched.code);
-    for c in diff
-        .data
-        .iter()
-        .filter(|c| c.verdict == Verdict::Same || c.reason.is_some())
-    {
-        let s = patched.symbol(c.symbol);
-        let writable = s
-            .section
-            .is_some_and(|sec| patched.section(sec).flags & 1 != 0);
-        if !writable {
-            continue;
+
+    /// Exports whose CRC (their type) changed.
+    fn export_crcs(&self, opts: &Options<'_>, out: &mut Vec<Refusal>) {
+        let refuse = |s: &str, r: Rule| self.refuse(s, r);
+        for (name, &found) in &opts.crcs.patched {
+            let (expected, against) = match opts.target_crc.and_then(|f| f(name)) {
+                Some(c) => (Some(c), "the running kernel's Module.symvers"),
+                None => (opts.crcs.orig.get(name).copied(), "the original build"),
+            };
+            if let Some(expected) = expected.filter(|e| *e != found) {
+                out.push(refuse(
+                    name,
+                    Rule::ExportCrc {
+                        expected,
+                        found,
+                        against: against.into(),
+                    },
+                ));
+            }
         }
-        for t in refs.get(&c.symbol).into_iter().flatten() {
-            if let Some(k) = diff.data.iter().find(|d| d.symbol == *t) {
-                if matches!(k.verdict, Verdict::Changed { .. }) && k.hidden.is_none() {
-                    let ks = patched.symbol(k.symbol);
-                    let kw = ks
-                        .section
-                        .is_some_and(|sec| patched.section(sec).flags & 1 != 0);
-                    if !kw {
+    }
+
+    /// Jump labels and static calls in carried code of a module whose key
+    /// lives in the target module.
+    fn keys_in_module(&self, opts: &Options<'_>, out: &mut Vec<Refusal>) {
+        let (ctx, diff) = (self.ctx, self.diff);
+        let patched = ctx.patched.obj;
+        let refuse = |s: &str, r: Rule| self.refuse(s, r);
+        let included: BTreeSet<SymbolId> = diff.included_functions().map(|c| c.symbol).collect();
+        if opts.module.is_some() {
+            for t in &ctx.patched.tables {
+                let ts = patched.section(t.id);
+                let Some(Role::Table(table)) = special::role(ts) else {
+                    continue;
+                };
+                if !table.keyed {
+                    continue;
+                }
+                for e in t
+                    .entries
+                    .iter()
+                    .filter(|e| e.owner.is_some_and(|o| included.contains(&o)))
+                {
+                    for r in ts.relocs_in(e.offset, e.offset + e.size).iter().skip(1) {
+                        let key = match ctx.patched.code.target(patched, ts, r) {
+                            Target::Undefined(name, _) => {
+                                if opts.vmlinux_has.is_some_and(|f| f(&name)) {
+                                    continue;
+                                }
+                                name
+                            }
+                            Target::Place(sec, off, _) => {
+                                if patched.section(sec).is_exec() {
+                                    continue;
+                                }
+                                // A key the module carries (a new pr_debug's
+                                // descriptor, new data) is the module's own:
+                                // the loader sets it up with its jump labels.
+                                let key = crate::correlate::symbol_at(patched, sec, off);
+                                if key.is_some_and(|k| {
+                                    diff.data.iter().any(|d| {
+                                        d.symbol == k
+                                            && (d.verdict == Verdict::New
+                                                || crate::names::identity_free(d.hidden))
+                                    })
+                                }) {
+                                    continue;
+                                }
+                                key.map_or_else(
+                                    || patched.section(sec).name.clone(),
+                                    |k| patched.symbol(k).name.clone(),
+                                )
+                            }
+                        };
+                        let owner = e
+                            .owner
+                            .map_or_else(String::new, |o| patched.symbol(o).name.clone());
                         out.push(refuse(
-                            &c.name,
-                            Rule::ConstantInData {
-                                constant: k.name.clone(),
+                            &owner,
+                            Rule::KeyInModule {
+                                table: t.section.clone(),
+                                key,
                             },
                         ));
                     }
@@ -253,118 +398,33 @@ pub fn check(
         }
     }
 
-    for (p, os, why) in &ctx.twins.ambiguous {
-        out.push(refuse(
-            &patched.symbol(*p).name,
-            Rule::Ambiguous {
-                candidates: os
-                    .iter()
-                    .map(|o| ctx.orig.obj.symbol(*o).name.clone())
-                    .collect(),
-                why: why.clone(),
-            },
-        ));
-    }
-
-    for (name, &found) in &opts.crcs.patched {
-        let (expected, against) = match opts.target_crc.and_then(|f| f(name)) {
-            Some(c) => (Some(c), "the running kernel's Module.symvers"),
-            None => (opts.crcs.orig.get(name).copied(), "the original build"),
-        };
-        if let Some(expected) = expected.filter(|e| *e != found) {
-            out.push(refuse(
-                name,
-                Rule::ExportCrc {
-                    expected,
-                    found,
-                    against: against.into(),
-                },
-            ));
-        }
-    }
-
-    // Keys of jump labels and static calls in patched code, for module targets.
-    if opts.module.is_some() {
-        for t in &ctx.patched.tables {
-            let ts = patched.section(t.id);
-            let Some(Role::Table(table)) = special::role(ts) else {
-                continue;
-            };
-            if !table.keyed {
+    /// Sections that describe carried code but cannot be rebuilt.
+    fn unknown_sections(&self, out: &mut Vec<Refusal>) {
+        let (ctx, diff) = (self.ctx, self.diff);
+        let patched = ctx.patched.obj;
+        let included_sections: BTreeSet<_> =
+            diff.included_functions().map(|c| c.section_id).collect();
+        let refuse = |s: &str, r: Rule| self.refuse(s, r);
+        for s in &patched.sections {
+            let role = special::role(s);
+            let unreadable = ctx.patched.table_errors.iter().find(|(id, _)| *id == s.id);
+            if role.is_some() && unreadable.is_none() {
                 continue;
             }
-            for e in t
-                .entries
-                .iter()
-                .filter(|e| e.owner.is_some_and(|o| included.contains(&o)))
-            {
-                for r in ts.relocs_in(e.offset, e.offset + e.size).iter().skip(1) {
-                    let key = match ctx.patched.code.target(patched, ts, r) {
-                        Target::Undefined(name, _) => {
-                            if opts.vmlinux_has.is_some_and(|f| f(&name)) {
-                                continue;
-                            }
-                            name
-                        }
-                        Target::Place(sec, off, _) => {
-                            if patched.section(sec).is_exec() {
-                                continue;
-                            }
-                            // A key the module carries (a new pr_debug's
-                            // descriptor, new data) is the module's own:
-                            // the loader sets it up with its jump labels.
-                            let key = crate::correlate::symbol_at(patched, sec, off);
-                            if key.is_some_and(|k| {
-                                diff.data.iter().any(|d| {
-                                    d.symbol == k
-                                        && (d.verdict == Verdict::New
-                                            || crate::names::identity_free(d.hidden))
-                                })
-                            }) {
-                                continue;
-                            }
-                            key.map_or_else(
-                                || patched.section(sec).name.clone(),
-                                |k| patched.symbol(k).name.clone(),
-                            )
-                        }
-                    };
-                    let owner = e
-                        .owner
-                        .map_or_else(String::new, |o| patched.symbol(o).name.clone());
-                    out.push(refuse(
-                        &owner,
-                        Rule::KeyInModule {
-                            table: t.section.clone(),
-                            key,
-                        },
-                    ));
+            let mut hit: Option<String> = None;
+            for r in &s.relocs {
+                if let Some((sec, off)) = special::data_target(patched, r) {
+                    if included_sections.contains(&sec) {
+                        hit = Some(special::function_at(patched, sec, off).map_or_else(
+                            || patched.section(sec).name.clone(),
+                            |f| patched.symbol(f).name.clone(),
+                        ));
+                        break;
+                    }
                 }
             }
-        }
-    }
-
-    // Sections that describe patched code but cannot be rebuilt.
-    for s in &patched.sections {
-        let role = special::role(s);
-        let unreadable = ctx.patched.table_errors.iter().find(|(id, _)| *id == s.id);
-        if role.is_some() && unreadable.is_none() {
-            continue;
-        }
-        let mut hit: Option<String> = None;
-        for r in &s.relocs {
-            if let Some((sec, off)) = special::data_target(patched, r) {
-                if included_sections.contains(&sec) {
-                    hit = Some(special::function_at(patched, sec, off).map_or_else(
-                        || patched.section(sec).name.clone(),
-                        |f| patched.symbol(f).name.clone(),
-                    ));
-                    break;
-                }
-            }
-        }
-        let Some(function) = hit else { continue };
-        let rule = match unreadable {
+            let Some(function) = hit else { continue };
+            let rule = match unreadable {
             Some((_, TableError::NoLayout { item })) => Rule::UnreadableTable {
                 section: s.name.clone(),
                 why: format!("the kernel's layout has no {item} (the option is off in this config, or no layout was given; hint: pass --tree)"),
@@ -375,10 +435,9 @@ pub fn check(
             },
             None => Rule::UnknownSection { section: s.name.clone() },
         };
-        out.push(refuse(&function, rule));
+            out.push(refuse(&function, rule));
+        }
     }
-    out.dedup();
-    out
 }
 
 /// Hidden state of the running kernel that carried code uses: the patched
