@@ -23,40 +23,8 @@ use crate::correlate::{symbol_at, Twins};
 use crate::layout::Layout;
 use crate::special::{self, Role, TableEntries};
 
-// x86-64 relocation types that matter for field widths.
-const R_X86_64_64: u32 = 1;
-const R_X86_64_PC64: u32 = 24;
-
-/// Width in bytes of the field a relocation writes.
-pub fn reloc_width(r_type: u32) -> u64 {
-    match r_type {
-        R_X86_64_64 | R_X86_64_PC64 => 8,
-        _ => 4,
-    }
-}
-
-/// The usual distance from a PC-relative field in code to its instruction's
-/// end; [`crate::code::CodeMap::bias`] knows the real one.
-pub fn pcrel_bias(r_type: u32) -> i64 {
-    match r_type {
-        2 | 4 => 4,
-        _ => 0,
-    }
-}
-
-pub fn is_string_section(s: &Section) -> bool {
-    const SHF_MERGE: u64 = 0x10;
-    const SHF_STRINGS: u64 = 0x20;
-    s.flags & (SHF_MERGE | SHF_STRINGS) == SHF_MERGE | SHF_STRINGS
-}
-
-/// The C string starting at `offset` of a string section.
-pub fn string_at(s: &Section, offset: i64) -> Option<&[u8]> {
-    let start = usize::try_from(offset).ok()?;
-    let tail = s.data.get(start..)?;
-    let end = tail.iter().position(|&b| b == 0)?;
-    Some(&tail[..end])
-}
+// Relocation semantics live in graft-elf; re-exported for the differ's passes.
+pub use graft_elf::x86::{is_string_section, pcrel_bias, reloc_width, string_at};
 
 /// What a relocation refers to, independent of symbol and section indexes.
 #[derive(Debug, Clone, PartialEq, Eq)]

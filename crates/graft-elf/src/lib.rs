@@ -9,6 +9,7 @@
 pub mod dwarf;
 pub mod klp;
 mod model;
+pub mod x86;
 
 pub use model::{
     Binding, ElfError, Object, Reloc, RelocTarget, Section, SectionId, SymKind, Symbol, SymbolId,

@@ -19,7 +19,7 @@
 //!   fields, and every relocated field of the target's copy reaches the symbol
 //!   ours names.
 
-use graft_diff::compare::{is_string_section, reloc_width, string_at};
+use graft_elf::x86::{is_string_section, reloc_width, string_at};
 use graft_elf::{Object, Reloc, RelocTarget, Section};
 use graft_target::SymbolTable;
 use iced_x86::{
