@@ -1,9 +1,8 @@
 //! The layout of the kernel's special-section entries, read from the kernel
 //! itself rather than written down by hand.
 //!
-//! graft compiles a small probe against the kernel tree with the exact
-//! compiler command kbuild used there (kbuild records it for
-//! `arch/x86/kernel/asm-offsets.s`, which every prepared tree has). The probe
+//! graft compiles a small probe ([`PROBE`]) against the kernel tree with the
+//! exact compiler command kbuild used there (`graft_kbuild::probe`). The probe
 //! defines, for each table, `sizeof` and `_Alignof` of the type the *module
 //! loader* reads the section as (`struct module`'s fields: that is how the
 //! kernel will read the patch module's tables), and "masks": a value of the
@@ -13,8 +12,6 @@
 //! produce no item; a section whose item is missing is refused, not guessed.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use graft_elf::Object;
 use serde::{Deserialize, Serialize};
@@ -45,29 +42,13 @@ impl Item {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("{path}: cannot read kbuild's record of the compiler command ({source}); hint: the tree must be prepared (`make prepare`)")]
-    NoCommand {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: no compiler command in it; hint: run `make prepare` in the tree again")]
-    BadCommand { path: PathBuf },
-    #[error("cannot run the compiler {compiler}: {source}")]
-    Run {
-        compiler: String,
-        source: std::io::Error,
-    },
-    #[error("compiling the layout probe against {tree} failed: {first_error}")]
-    Compile { tree: PathBuf, first_error: String },
     #[error("the layout probe object is unreadable: {0}")]
     Probe(String),
-    #[error("cannot create a scratch directory: {0}")]
-    Scratch(std::io::Error),
 }
 
 /// The probe source. Each `ITEM` names the type the module loader uses for
 /// the section; `MASK` locates a field by setting it to all ones.
-const PROBE: &str = r#"
+pub const PROBE: &str = r#"
 #include <linux/module.h>
 #include <linux/bug.h>
 #include <linux/extable.h>
@@ -129,71 +110,7 @@ MASK(ddebug, struct _ddebug, lineno)
 #endif
 "#;
 
-/// Where kbuild records the command it compiled `asm-offsets.c` with.
-const COMMAND_RECORD: &str = "arch/x86/kernel/.asm-offsets.s.cmd";
-
 impl Layout {
-    /// Compiles the probe against the prepared kernel tree `tree` (which is
-    /// only read) and reads the layout from the object.
-    pub fn probe(tree: &Path) -> Result<Layout, LayoutError> {
-        let record = tree.join(COMMAND_RECORD);
-        let text = std::fs::read_to_string(&record).map_err(|source| LayoutError::NoCommand {
-            path: record.clone(),
-            source,
-        })?;
-        let bad = || LayoutError::BadCommand {
-            path: record.clone(),
-        };
-        let line = text.lines().next().ok_or_else(bad)?;
-        let (_, cmd) = line.split_once(" := ").ok_or_else(bad)?;
-        let words = shell_words(cmd).ok_or_else(bad)?;
-        let mut args = Vec::new();
-        let mut skip = false;
-        for w in words.iter().skip(1) {
-            if skip {
-                skip = false;
-                continue;
-            }
-            match w.as_str() {
-                "-o" => skip = true,
-                "-S" | "-c" | "-fverbose-asm" => {}
-                w if w.starts_with("-Wp,") || w.ends_with(".c") => {}
-                w => args.push(w.to_owned()),
-            }
-        }
-        let compiler = words.first().ok_or_else(bad)?.clone();
-        let scratch = tempfile::tempdir().map_err(LayoutError::Scratch)?;
-        let src = scratch.path().join("graft-layout-probe.c");
-        let out = scratch.path().join("graft-layout-probe.o");
-        std::fs::write(&src, PROBE).map_err(LayoutError::Scratch)?;
-        let run = Command::new(&compiler)
-            .args(&args)
-            .arg("-w")
-            .arg("-c")
-            .arg("-o")
-            .arg(&out)
-            .arg(&src)
-            .current_dir(tree)
-            .output()
-            .map_err(|source| LayoutError::Run {
-                compiler: compiler.clone(),
-                source,
-            })?;
-        if !run.status.success() {
-            let err = String::from_utf8_lossy(&run.stderr);
-            return Err(LayoutError::Compile {
-                tree: tree.to_owned(),
-                first_error: err
-                    .lines()
-                    .find(|l| l.contains("error"))
-                    .unwrap_or("no output")
-                    .to_owned(),
-            });
-        }
-        let obj = Object::read(&out).map_err(|e| LayoutError::Probe(e.to_string()))?;
-        Layout::from_probe(&obj)
-    }
-
     /// Reads the items and masks a compiled probe defines.
     pub fn from_probe(obj: &Object) -> Result<Layout, LayoutError> {
         let mut layout = Layout::default();
@@ -247,79 +164,9 @@ impl Layout {
     }
 }
 
-/// Splits a command line the way `sh` would for the quoting kbuild uses
-/// (`'…'`, `"…"` and backslashes); `None` on an unterminated quote.
-pub fn shell_words(s: &str) -> Option<Vec<String>> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next()? {
-                        '\'' => break,
-                        c => cur.push(c),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next()? {
-                        '"' => break,
-                        '\\' => cur.push(chars.next()?),
-                        c => cur.push(c),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                cur.push(chars.next()?);
-            }
-            ';' if !in_word || cur.is_empty() => break,
-            c if c.is_whitespace() => {
-                if in_word {
-                    out.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                cur.push(c);
-            }
-        }
-    }
-    if in_word {
-        out.push(cur);
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splits_kbuild_commands() {
-        let w = shell_words(
-            r#"gcc-12 -DKBUILD_MODFILE='"./asm-offsets"' -I./include -c x.c ; ./tools/objtool"#,
-        )
-        .unwrap();
-        assert_eq!(
-            w,
-            vec![
-                "gcc-12",
-                "-DKBUILD_MODFILE=\"./asm-offsets\"",
-                "-I./include",
-                "-c",
-                "x.c"
-            ]
-        );
-        assert!(shell_words("'open").is_none());
-    }
 
     #[test]
     fn fields_from_masks() {

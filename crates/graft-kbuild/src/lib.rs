@@ -15,6 +15,7 @@ pub mod mirror;
 pub mod module;
 pub mod patch;
 pub mod prepare;
+pub mod probe;
 pub mod tree;
 
 use std::path::PathBuf;

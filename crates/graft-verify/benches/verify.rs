@@ -35,7 +35,14 @@ fn main() {
     let t = Instant::now();
     let image = KernelImage::read(&lab.vmlinuz()).unwrap();
     let read_image = t.elapsed();
-    let layout = graft_diff::Layout::probe(&lab.source_tree()).unwrap();
+    let layout = graft_diff::Layout::from_probe(
+        &graft_elf::Object::parse(
+            &graft_kbuild::probe::compile(&lab.source_tree(), graft_diff::layout::PROBE).unwrap(),
+            std::path::Path::new("probe.o"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
     println!(
         "Debian {} ({}): reading kallsyms {}, decompressing the vmlinuz {}",
         lab.release,

@@ -43,7 +43,10 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         })?;
     }
     let layout = match (&a.tree, &a.layout) {
-        (Some(tree), _) => Some(graft_diff::Layout::probe(tree)?),
+        (Some(tree), _) => Some(graft_build::probe_layout(tree).map_err(|e| match e {
+            graft_build::BuildError::Failed(e) => e,
+            e => e.into(),
+        })?),
         (None, Some(file)) => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read {}", file.display()))?;

@@ -59,7 +59,7 @@ pub fn kernel() -> &'static Kernel {
         let line = record.lines().next().expect("command line");
         let (_, cmd) = line.split_once(" := ").expect("record format");
         let (cc_part, tool_part) = cmd.split_once(" ; ").expect("objtool runs after gcc");
-        let cc: Vec<String> = graft_diff::layout::shell_words(cc_part)
+        let cc: Vec<String> = graft_kbuild::probe::shell_words(cc_part)
             .expect("words")
             .into_iter()
             .filter(|w| {
@@ -69,9 +69,17 @@ pub fn kernel() -> &'static Kernel {
             })
             .collect();
         let cc = strip_io(cc);
-        let mut objtool = graft_diff::layout::shell_words(tool_part).expect("words");
+        let mut objtool = graft_kbuild::probe::shell_words(tool_part).expect("words");
         objtool.pop(); // the object
-        let layout = Layout::probe(&tree).expect("layout probe");
+        let layout = Layout::from_probe(
+            &graft_elf::Object::parse(
+                &graft_kbuild::probe::compile(&tree, graft_diff::layout::PROBE)
+                    .expect("layout probe"),
+                std::path::Path::new("probe.o"),
+            )
+            .unwrap(),
+        )
+        .expect("layout probe");
         Kernel {
             lab,
             tree,

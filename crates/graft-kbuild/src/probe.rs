@@ -1,0 +1,140 @@
+//! Compiling a probe against a prepared tree exactly as kbuild compiles
+//! there: kbuild records the command it compiled `asm-offsets.c` with (every
+//! prepared tree has it), so the probe sees the kernel's own headers,
+//! config, compiler and flags. graft-diff's entry layouts are read from such
+//! a probe.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::{io, KbuildError};
+
+/// Where kbuild records the command it compiled `asm-offsets.c` with.
+const COMMAND_RECORD: &str = "arch/x86/kernel/.asm-offsets.s.cmd";
+
+/// Compiles C `source` against `tree` (only read) with kbuild's own
+/// command for asm-offsets, and returns the object's bytes.
+pub fn compile(tree: &Path, source: &str) -> Result<Vec<u8>, KbuildError> {
+    let record = tree.join(COMMAND_RECORD);
+    let bad = |why: &str| KbuildError::NotPrepared {
+        path: tree.to_owned(),
+        missing: format!("{COMMAND_RECORD} ({why})"),
+    };
+    let text = std::fs::read_to_string(&record).map_err(|_| bad("unreadable"))?;
+    let line = text.lines().next().ok_or_else(|| bad("empty"))?;
+    let (_, cmd) = line.split_once(" := ").ok_or_else(|| bad("no command"))?;
+    let words = shell_words(cmd).ok_or_else(|| bad("unterminated quote"))?;
+    let compiler = words.first().ok_or_else(|| bad("no compiler"))?.clone();
+    let mut args = Vec::new();
+    let mut skip = false;
+    for w in words.iter().skip(1) {
+        if skip {
+            skip = false;
+            continue;
+        }
+        match w.as_str() {
+            "-o" => skip = true,
+            "-S" | "-c" | "-fverbose-asm" => {}
+            w if w.starts_with("-Wp,") || w.ends_with(".c") => {}
+            w => args.push(w.to_owned()),
+        }
+    }
+    let scratch = tempfile::tempdir().map_err(io("cannot create a scratch directory"))?;
+    let src = scratch.path().join("graft-probe.c");
+    let out = scratch.path().join("graft-probe.o");
+    std::fs::write(&src, source).map_err(io("cannot write the probe"))?;
+    let run = Command::new(&compiler)
+        .args(&args)
+        .arg("-w")
+        .arg("-c")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .current_dir(tree)
+        .output()
+        .map_err(io(format!("cannot run the compiler {compiler}")))?;
+    if !run.status.success() {
+        return Err(KbuildError::Compile {
+            what: format!("graft's probe against {}", tree.display()),
+            first_error: crate::first_error(&String::from_utf8_lossy(&run.stderr)),
+            log: record,
+            hint: "the tree must be prepared with `make prepare`".into(),
+        });
+    }
+    std::fs::read(&out).map_err(io("cannot read the probe object"))
+}
+
+/// Splits a command line the way `sh` would for the quoting kbuild uses
+/// (`'…'`, `"…"` and backslashes); `None` on an unterminated quote.
+pub fn shell_words(s: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        c => cur.push(c),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '\\' => cur.push(chars.next()?),
+                        c => cur.push(c),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                cur.push(chars.next()?);
+            }
+            ';' if !in_word || cur.is_empty() => break,
+            c if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        out.push(cur);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_kbuild_commands() {
+        let w = shell_words(
+            r#"gcc-12 -DKBUILD_MODFILE='"./asm-offsets"' -I./include -c x.c ; ./tools/objtool"#,
+        )
+        .unwrap();
+        assert_eq!(
+            w,
+            vec![
+                "gcc-12",
+                "-DKBUILD_MODFILE=\"./asm-offsets\"",
+                "-I./include",
+                "-c",
+                "x.c"
+            ]
+        );
+        assert!(shell_words("'open").is_none());
+    }
+}
