@@ -37,17 +37,23 @@ pub fn link(
         .flat_map(|p| p.callbacks.iter().cloned())
         .collect();
     let module_name = format!("livepatch-{}", inputs.name);
+    let mut module_info = crate::buildinfo::module_info(
+        &inputs.patch,
+        &target.paths.headers,
+        &funcs,
+        !inputs.no_replace,
+    )?;
+    // The module links against these exports by name: their namespaces
+    // must be imported, or modpost and the loader refuse it.
+    for ns in import_namespaces(plans, target) {
+        module_info.push(("import_ns".into(), ns));
+    }
     let stub = graft_klp::stub::generate(
         &funcs,
         &graft_klp::stub::StubOptions {
             replace: !inputs.no_replace,
             description: &format!("graft live patch {}", inputs.name),
-            module_info: &crate::buildinfo::module_info(
-                &inputs.patch,
-                &target.paths.headers,
-                &funcs,
-                !inputs.no_replace,
-            )?,
+            module_info: &module_info,
             callbacks: &callbacks,
             states,
         },
@@ -80,6 +86,23 @@ pub fn link(
         bytes,
         klp_relocations,
     })
+}
+
+/// Namespaces of the exports the module links against by name.
+fn import_namespaces(plans: &[Plan<'_>], target: &Target) -> Vec<String> {
+    let mut out: Vec<String> = plans
+        .iter()
+        .flat_map(|p| p.targets.values())
+        .filter_map(|t| match t {
+            graft_klp::include::Target::External(name, _) => {
+                target.exports.get(name).and_then(|e| e.namespace.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Writes through a temporary file and a rename: never a half-written module.

@@ -11,6 +11,9 @@ pub struct Export {
     /// "vmlinux" or the path of the exporting module.
     pub module: String,
     pub gpl_only: bool,
+    /// The symbol namespace of an `EXPORT_SYMBOL_NS` export: a module
+    /// using it must import the namespace (`MODULE_IMPORT_NS`).
+    pub namespace: Option<String>,
 }
 
 /// The symbols a kernel exports to modules.
@@ -51,6 +54,11 @@ impl Exports {
                     crc,
                     module: f[2].to_owned(),
                     gpl_only: f[3].ends_with("_GPL"),
+                    namespace: f
+                        .get(4)
+                        .map(|n| n.trim())
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned),
                 },
             );
         }
@@ -82,9 +90,14 @@ mod tests {
     #[test]
     fn parses_symvers() {
         let e = Exports::parse(
-            "0x12345678\tseq_puts\tvmlinux\tEXPORT_SYMBOL\t\n0x0000abcd\tfoo\tfs/ext4/ext4\tEXPORT_SYMBOL_GPL\t\n",
+            "0x12345678\tseq_puts\tvmlinux\tEXPORT_SYMBOL\t\n0x0000abcd\tfoo\tfs/ext4/ext4\tEXPORT_SYMBOL_GPL\t\n0x00000001\tdma_buf_get\tvmlinux\tEXPORT_SYMBOL_GPL\tDMA_BUF\n",
         )
         .unwrap();
+        assert_eq!(
+            e.get("dma_buf_get").unwrap().namespace.as_deref(),
+            Some("DMA_BUF")
+        );
+        assert_eq!(e.get("seq_puts").unwrap().namespace, None);
         assert!(e.vmlinux_exports("seq_puts"));
         assert!(!e.vmlinux_exports("foo"));
         assert!(e.get("foo").unwrap().gpl_only);
