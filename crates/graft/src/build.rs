@@ -294,14 +294,23 @@ pub fn run(a: Args, json: bool) -> Result<()> {
 
     steps.step("building the module");
     let module_name = format!("livepatch-{}", a.name);
+    // Whether a patched module can be reloaded on this kernel, and how.
+    let reload = graft_klp::reload::support(&symbols);
     let stub = graft_klp::stub::generate(
         &funcs,
         &graft_klp::stub::StubOptions {
             replace: !a.no_replace,
             description: &format!("graft live patch {}", a.name),
-            module_info: &crate::buildinfo::module_info(&a.patch, &headers, &funcs, !a.no_replace)?,
+            module_info: &crate::buildinfo::module_info(
+                &a.patch,
+                &headers,
+                &funcs,
+                !a.no_replace,
+                &reload,
+            )?,
             callbacks: &callbacks,
             states: &states,
+            reload: &reload,
         },
     )?;
     let mdir = work.path().join("module");
@@ -318,6 +327,8 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     let linked = std::fs::read(&ko)?;
     let (bytes, klp_relocations) =
         graft_klp::postlink::convert(&linked, &ko.display().to_string())?;
+    let reloaded = graft_klp::postlink::module_objects(&bytes);
+    warnings.extend(graft_klp::reload::warning(&reload, &reloaded));
     let out = a.output.join(format!("{module_name}.ko"));
     write_atomic(&out, &bytes)?;
     steps.finish();
