@@ -586,14 +586,17 @@ mod tests {
             &[
                 ("vmlinux", "cmdline_proc_show", 0),
                 ("vmlinux", "version_proc_show", 0),
+                ("vmlinux", "control_show", 2),
             ],
             false,
         );
+        // control_show,1 and control_show,2 are namesakes, not one function.
         let k = FakeKernel {
             host: h.clone(),
             funcs: vec![
                 ("vmlinux", "cmdline_proc_show", 0),
                 ("vmlinux", "loadavg_proc_show", 0),
+                ("vmlinux", "control_show", 1),
             ],
             completes: true,
             replace: true,
@@ -628,9 +631,12 @@ mod tests {
         assert_eq!(
             h2,
             [
-                "cmdline_proc_show Some(\"livepatch_a\")->Some(\"livepatch_b\")",
-                "loadavg_proc_show None->Some(\"livepatch_b\")",
-                "version_proc_show Some(\"livepatch_a\")->None",
+                // The kernel shows a unique function as `name,1`.
+                "cmdline_proc_show,1 Some(\"livepatch_a\")->Some(\"livepatch_b\")",
+                "control_show,1 None->Some(\"livepatch_b\")",
+                "loadavg_proc_show,1 None->Some(\"livepatch_b\")",
+                "control_show,2 Some(\"livepatch_a\")->None",
+                "version_proc_show,1 Some(\"livepatch_a\")->None",
             ]
         );
     }

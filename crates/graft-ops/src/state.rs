@@ -212,6 +212,7 @@ pub(crate) mod fake {
     }
 
     /// Registers a patch the way livepatch shows it, plus its module.
+    /// `funcs` are (object, function, old_sympos) as the patch declares them.
     pub fn add_patch(host: &Host, name: &str, funcs: &[(&str, &str, u32)], transition: bool) {
         let d = host.patch_dir(name);
         write(&d.join("enabled"), "1\n");
@@ -222,7 +223,10 @@ pub(crate) mod fake {
         write(&d.join("force"), "");
         for (obj, f, pos) in funcs {
             write(&d.join(obj).join("patched"), "1\n");
-            fs::create_dir_all(d.join(obj).join(format!("{f},{pos}"))).unwrap();
+            // As kernel/livepatch/core.c names it: "%s,%lu" with
+            // `old_sympos ? old_sympos : 1`, so a unique function is `f,1`.
+            let shown = if *pos == 0 { 1 } else { *pos };
+            fs::create_dir_all(d.join(obj).join(format!("{f},{shown}"))).unwrap();
         }
         add_module(host, name, true);
     }
@@ -288,7 +292,12 @@ mod tests {
         let a = s.get("livepatch_a").unwrap();
         assert!(a.enabled && a.transition);
         let funcs: Vec<String> = a.functions().map(|f| f.to_string()).collect();
-        assert_eq!(funcs, ["foo,2", "version_proc_show"]);
+        // Declared with sympos 0 (unique), shown by the kernel as 1.
+        assert_eq!(funcs, ["foo,2", "version_proc_show,1"]);
+        assert!(h
+            .patch_dir("livepatch_a")
+            .join("vmlinux/version_proc_show,1")
+            .is_dir());
         assert_eq!(a.objects[0].patched, Some(true));
         assert!(a.objects[0].loaded);
         assert_eq!(s.in_transition().unwrap().name, "livepatch_a");

@@ -55,11 +55,35 @@ fn tree_configured_differently_is_refused_naming_function_and_offset() {
             "hint:",
         ],
     );
+    // The message quotes both instructions: ours, then the kernel's. (The
+    // line always holds `__x86_return_thunk`, so a bare `ret` substring
+    // would prove nothing.)
+    let quoted = backquoted(&line);
+    assert_eq!(quoted.len(), 2, "two instructions quoted: {line}");
+    assert_eq!(
+        quoted[0].split_whitespace().next(),
+        Some("ret"),
+        "ours is the plain return: {line}"
+    );
     assert!(
-        line.contains("ret"),
-        "the differing instruction is the return: {line}"
+        quoted[1].starts_with("jmp") && quoted[1].contains("__x86_return_thunk"),
+        "the kernel's is the jump to the return thunk: {line}"
     );
     assert!(!dir.path().join("livepatch-cfg.ko").exists());
+}
+
+/// The spans of `line` between backquotes, in order.
+fn backquoted(line: &str) -> Vec<&str> {
+    line.split('`').skip(1).step_by(2).collect()
+}
+
+#[test]
+fn backquoted_spans() {
+    assert_eq!(
+        backquoted("ours `ret`, the kernel's `jmp x`; `y"),
+        ["ret", "jmp x", "y"]
+    );
+    assert!(backquoted("none").is_empty());
 }
 
 /// `cmdline_proc_show` as another version of the source has it.
