@@ -225,7 +225,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
                 crcs: graft_diff::Crcs::read_kbuild(
                     &work.path().join("orig").join(obj),
                     &work.path().join("patched").join(obj),
-                ),
+                )?,
                 target_crc: Some(&target_crc),
                 module: module.as_ref().map(|m| m.name.clone()),
                 vmlinux_has: Some(&in_vmlinux),
