@@ -86,11 +86,9 @@ fn backquoted_spans() {
     assert!(backquoted("none").is_empty());
 }
 
-/// `cmdline_proc_show` as another version of the source has it.
-#[test]
-fn tree_of_another_source_version_is_refused() {
-    let lab = lab();
-    let tree = variant_tree(&lab, "other-version", |root| {
+/// The lab tree with `cmdline_proc_show` as another version of the source has it.
+fn other_version_tree(lab: &graft_lab::Lab) -> std::path::PathBuf {
+    variant_tree(lab, "other-version", |root| {
         let rel = "fs/proc/cmdline.c";
         let text = std::fs::read_to_string(root.join(rel)).unwrap();
         let older = text.replace(
@@ -99,20 +97,73 @@ fn tree_of_another_source_version_is_refused() {
         );
         assert_ne!(older, text);
         replace_file(root, rel, &older);
-    });
-    let dir = tempfile::tempdir().unwrap();
-    // Zero lines of context: the fix itself still applies to this version.
-    let p = patch_file(
-        dir.path(),
+    })
+}
+
+/// The cmdline fix with zero lines of context: it still applies to the
+/// other version.
+fn nocontext_patch(dir: &std::path::Path) -> std::path::PathBuf {
+    patch_file(
+        dir,
         "nocontext.patch",
         "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -10 +10 @@\n-\tseq_putc(m, '\\n');\n+\tseq_puts(m, \" graft_was_here\\n\");\n",
-    );
+    )
+}
+
+#[test]
+fn tree_of_another_source_version_is_refused() {
+    let lab = lab();
+    let tree = other_version_tree(&lab);
+    let dir = tempfile::tempdir().unwrap();
+    let p = nocontext_patch(dir.path());
     let mut args = build_args(&lab, &p, "ver", dir.path());
     set_arg(&mut args, "--tree", tree);
     refused(
         args,
         &["cmdline_proc_show", "the target kernel's code", "hint:"],
     );
+}
+
+/// `--no-verify` builds what verification refuses (the tree of another
+/// source version), without reading the image at all, and proves nothing:
+/// no function is listed as verified. What only verification can decide is
+/// then refused, not guessed: which of two same-named functions a call
+/// reaches.
+#[test]
+fn no_verify_skips_the_check_and_guesses_nothing() {
+    let lab = lab();
+    let tree = other_version_tree(&lab);
+    let dir = tempfile::tempdir().unwrap();
+    let p = nocontext_patch(dir.path());
+    let mut args = build_args(&lab, &p, "nover", dir.path());
+    set_arg(&mut args, "--tree", tree);
+    // Not read with --no-verify.
+    set_arg(&mut args, "--image", dir.path().join("no-such-vmlinuz"));
+    args.insert(0, "--json".into());
+    args.push("--no-verify".into());
+    let out = graft(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["verified"], serde_json::json!([]), "{s}");
+    assert_eq!(
+        s["files"][0]["changed"],
+        serde_json::json!(["cmdline_proc_show"])
+    );
+    assert!(dir.path().join("livepatch-nover.ko").is_file());
+
+    let mut args = build_args(
+        &lab,
+        &repo_file("tests/patches/smt-active-calls-control.patch"),
+        "smtnv",
+        dir.path(),
+    );
+    args.push("--no-verify".into());
+    let line = refused(
+        args,
+        &["control_show", "occurs 2 times", "cannot tell which one"],
+    );
+    assert!(line.contains("hint:"), "{line}");
+    assert!(!dir.path().join("livepatch-smtnv.ko").exists());
 }
 
 #[test]
