@@ -25,7 +25,8 @@ const RELEASE_WAIT: Duration = Duration::from_secs(10);
 pub enum OnStall {
     /// Reverse the transition and remove the module (the default).
     Revert,
-    /// Write `force`: the patch completes, the module can never be removed.
+    /// Write `force`: the patch completes; the modules of the patches it
+    /// replaces can never be removed (a task may still run their code).
     Force,
 }
 
@@ -56,7 +57,8 @@ pub enum LoadOutcome {
         /// Cumulative patch: the patches it replaced (now removed).
         replaced: Vec<String>,
         handover: Vec<Handover>,
-        /// The stall was forced: this module can never be removed.
+        /// The stall was forced: the replaced patches' modules can never be
+        /// removed (they are among `leftovers`).
         forced: bool,
         /// Modules of replaced patches graft could not remove.
         leftovers: Vec<String>,

@@ -170,7 +170,8 @@ pub fn set_enabled(host: &Host, name: &str, enabled: bool) -> Result<(), OpsErro
 }
 
 /// Writes `force`: every remaining task is switched without the stack check.
-/// The kernel then never lets the module go.
+/// The kernel then never lets go of the modules of the patches being
+/// removed: the replaced ones when patching, this one when unpatching.
 pub fn force(host: &Host, name: &str) -> Result<(), OpsError> {
     let p = host.patch_dir(name).join("force");
     std::fs::write(&p, "1").map_err(io(&p))

@@ -277,7 +277,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
         states.extend(d.markers.states.iter().copied());
         for f in &d.markers.force_unsafe {
             warnings.push(format!(
-                "{file}: KPATCH_FORCE_UNSAFE({}) has no effect: the kernel's livepatch has no per-function bypass of its consistency model (a task switches only when no patched function is on its stack); if the transition stalls on {}, `graft load --force` forces the whole patch, after which it can never be unloaded",
+                "{file}: KPATCH_FORCE_UNSAFE({}) has no effect: the kernel's livepatch has no per-function bypass of its consistency model (a task switches only when no patched function is on its stack); if the transition stalls on {}, `graft load --force` forces the whole patch (the modules of the patches it replaces can then never be removed)",
                 f.function, f.function
             ));
         }
