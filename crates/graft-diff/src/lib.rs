@@ -23,6 +23,9 @@ pub mod names;
 pub mod rules;
 pub mod special;
 
+#[cfg(test)]
+mod fuzz_regressions;
+
 use std::collections::{BTreeSet, HashMap};
 
 use graft_elf::{Object, SectionId, SymKind, SymbolId};

@@ -374,6 +374,61 @@ impl Object {
 mod tests {
     use super::*;
 
+    /// An object with `.text` holding relocations at `offsets` against its
+    /// section symbol, the way gas writes references to local symbols.
+    fn with_relocs(offsets: &[u64]) -> Object {
+        use object::write;
+        let mut o = write::Object::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let text = o.add_section(Vec::new(), b".text".to_vec(), object::SectionKind::Text);
+        o.append_section_data(text, &[0x90; 32], 16);
+        let sym = o.section_symbol(text);
+        for &offset in offsets {
+            o.add_relocation(
+                text,
+                write::Relocation {
+                    offset,
+                    symbol: sym,
+                    addend: 0,
+                    flags: object::RelocationFlags::Elf {
+                        r_type: elf::R_X86_64_64,
+                    },
+                },
+            )
+            .unwrap();
+        }
+        Object::parse(&o.write().unwrap(), Path::new("r.o")).unwrap()
+    }
+
+    /// Found by fuzzing (4b2203f): a malformed symbol past its section's end
+    /// asks for the relocations of `[start, end)` with `end < start`.
+    #[test]
+    fn relocs_in_an_inverted_range_is_empty() {
+        let o = with_relocs(&[0, 5, 9]);
+        let text = o.section_by_name(".text").unwrap();
+        assert_eq!(text.relocs_in(0, 32).len(), 3);
+        assert!(text.relocs_in(8, 4).is_empty());
+        assert!(text.relocs_in(u64::MAX, 0).is_empty());
+    }
+
+    /// Found by fuzzing (bde5857): a section symbol's value plus the addend
+    /// wraps (the overflow-checked test pass would panic otherwise).
+    #[test]
+    fn section_offset_of_a_huge_value_wraps() {
+        let mut o = with_relocs(&[0]);
+        let text = o.section_by_name(".text").unwrap();
+        let r = text.relocs[0];
+        o.symbols[r.symbol.0].value = i64::MAX as u64;
+        let r = Reloc { addend: 2, ..r };
+        let RelocTarget::SectionOffset(_, off) = o.reloc_target(&r) else {
+            panic!("not a section offset")
+        };
+        assert_eq!(off, i64::MIN + 1);
+    }
+
     #[test]
     fn rejects_non_elf_and_truncated_input() {
         let p = Path::new("x.o");

@@ -149,7 +149,12 @@ fn klp_modules(file: &object::File<'_>) -> Vec<String> {
 /// function (`__graft_new_0_0`) rather than its own name (`ksys_read`).
 pub fn stack_names(path: &Path) -> Result<Vec<(String, String)>, OpsError> {
     let data = std::fs::read(path).map_err(io(path))?;
-    let file = object::File::parse(&*data).map_err(|e| OpsError::NotAModule {
+    stack_names_of(path, &data)
+}
+
+/// [`stack_names`] of the module file contents `data` (from `path`).
+pub fn stack_names_of(path: &Path, data: &[u8]) -> Result<Vec<(String, String)>, OpsError> {
+    let file = object::File::parse(data).map_err(|e| OpsError::NotAModule {
         path: path.to_owned(),
         what: format!("not an ELF object: {e}"),
     })?;
