@@ -6,4 +6,6 @@
 #[path = "../harness/verify.rs"]
 mod harness;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::run(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = harness::run(data);
+});

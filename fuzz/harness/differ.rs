@@ -68,14 +68,16 @@ fn layout(seed: &[u8]) -> Layout {
 }
 
 /// Any bytes give an object or an error, and any two objects (with any
-/// layout) a diff: never a panic.
-pub fn run(data: &[u8]) {
+/// layout) a diff: never a panic. Returns the verdicts that are not `same`
+/// and the refusals' rules, for the replay test.
+pub fn run(data: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
     let (a, b, seed) = split(data);
     let Ok(orig) = Object::parse(a, Path::new("orig.o")) else {
-        return;
+        return out;
     };
     let Ok(patched) = Object::parse(b, Path::new("patched.o")) else {
-        return;
+        return out;
     };
     let l = layout(seed);
     let opts = graft_diff::Options {
@@ -84,7 +86,19 @@ pub fn run(data: &[u8]) {
         ..Default::default()
     };
     let d = graft_diff::analyze(&orig, &patched, &opts);
-    for r in &d.refusals {
-        let _ = r.to_string();
+    for c in d.functions.iter().chain(&d.data) {
+        if c.verdict != graft_diff::Verdict::Same {
+            out.push(format!("{} {:?}", c.name, c.verdict));
+        }
     }
+    for r in &d.refusals {
+        let text = r.to_string();
+        let rule = text
+            .split("[rule: ")
+            .nth(1)
+            .and_then(|t| t.split(']').next())
+            .unwrap_or("?");
+        out.push(format!("refused {} [{rule}]", r.symbol));
+    }
+    out
 }

@@ -7,15 +7,36 @@ use std::path::Path;
 
 use graft_ops::modinfo::{format_functions, parse_functions, stack_names_of, ModuleInfo};
 
-/// Any bytes give a module's metadata or an error, never a panic.
-pub fn run(data: &[u8]) {
+/// Any bytes give a module's metadata or an error, never a panic. Returns
+/// what was read, one line per part, for the replay test.
+pub fn run(data: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
     let path = Path::new("livepatch-fuzz.ko");
-    if let Ok(m) = ModuleInfo::parse(path, data) {
-        let _ = m.release();
-        if let Some(g) = &m.graft {
-            let _ = format_functions(&g.functions);
+    match ModuleInfo::parse(path, data) {
+        Ok(m) => {
+            out.push(format!(
+                "module {} for {} livepatch={} klp_modules={}",
+                m.name,
+                m.release().unwrap_or("?"),
+                m.livepatch,
+                m.klp_modules.join(",")
+            ));
+            if let Some(g) = &m.graft {
+                out.push(format!(
+                    "graft {} functions={} reload={}",
+                    g.version,
+                    format_functions(&g.functions),
+                    g.reload.as_deref().unwrap_or("?")
+                ));
+            }
         }
+        Err(e) => out.push(e.to_string()),
     }
-    let _ = stack_names_of(path, data);
+    if let Ok(names) = stack_names_of(path, data) {
+        let mut v: Vec<String> = names.iter().map(|(a, b)| format!("{a}={b}")).collect();
+        v.sort();
+        out.push(format!("stack names {}", v.join(" ")));
+    }
     let _ = parse_functions(&String::from_utf8_lossy(data));
+    out
 }

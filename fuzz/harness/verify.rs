@@ -21,11 +21,13 @@ fn take(data: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// Any object, image and table give a verdict or an error, never a panic.
-pub fn run(data: &[u8]) {
+/// Returns what happened, one line per check, for the replay test.
+pub fn run(data: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
     let (obj, rest) = take(data);
     let (image, table) = take(rest);
     let Ok(orig) = Object::parse(obj, Path::new("orig.o")) else {
-        return;
+        return out;
     };
     let functions: Vec<SymbolId> = orig.functions().map(|s| s.id).collect();
     if let Ok(symbols) = SymbolTable::parse(&String::from_utf8_lossy(table)) {
@@ -35,19 +37,25 @@ pub fn run(data: &[u8]) {
                 image: &image,
                 object: "vmlinux",
             };
-            match graft_verify::verify(&orig, &functions, &target) {
-                Ok(v) => {
-                    let _ = v.functions.len() + v.sympos.len();
-                }
-                Err(e) => {
-                    let _ = e.to_string();
-                }
-            }
+            out.push(match graft_verify::verify(&orig, &functions, &target) {
+                Ok(v) => format!("image: verified {}", names(&v)),
+                Err(e) => format!("image: {e}"),
+            });
         }
     }
     if let Ok(module) = ModuleFile::parse(Path::new("target.ko"), image.to_vec()) {
-        if let Err(e) = graft_verify::verify_module(&orig, &functions, &module) {
-            let _ = e.to_string();
-        }
+        out.push(
+            match graft_verify::verify_module(&orig, &functions, &module) {
+                Ok(v) => format!("module: verified {}", names(&v)),
+                Err(e) => format!("module: {e}"),
+            },
+        );
     }
+    out
+}
+
+fn names(v: &graft_verify::Verified) -> String {
+    let mut n: Vec<&str> = v.functions.iter().map(|m| m.function.as_str()).collect();
+    n.sort();
+    n.join(" ")
 }

@@ -358,7 +358,7 @@ impl Object {
             count += 1;
             only = Some(s);
             let start = s.value as i64;
-            if offset >= start && offset < start + s.size.max(1) as i64 {
+            if offset >= start && offset < start.saturating_add(s.size.max(1) as i64) {
                 return Some(s);
             }
         }
@@ -427,6 +427,27 @@ mod tests {
             panic!("not a section offset")
         };
         assert_eq!(off, i64::MIN + 1);
+    }
+
+    /// A symbol at the top of the offset range: its end saturates.
+    #[test]
+    fn covering_symbol_at_the_top_of_the_range() {
+        let mut o = with_relocs(&[]);
+        let text = o.section_by_name(".text").unwrap().id;
+        let id = SymbolId(o.symbols.len());
+        o.symbols.push(Symbol {
+            id,
+            name: "f".into(),
+            kind: SymKind::Func,
+            binding: Binding::Local,
+            section: Some(text),
+            shndx: text.0 as u16,
+            value: i64::MAX as u64 - 1,
+            size: 16,
+            other: 0,
+        });
+        let s = o.symbol_covering(text, i64::MAX - 1).map(|s| s.id);
+        assert_eq!(s, Some(id));
     }
 
     #[test]

@@ -174,22 +174,14 @@ fn check(
 ) -> Result<Vec<(String, u64)>, Miss> {
     let sym = orig.symbol(f);
     let section = orig.section(sym.section.expect("defined"));
-    let start = sym.value as usize;
-    let ours = section
-        .data
-        .get(start..start + sym.size as usize)
-        .ok_or(Miss::NoBytes)?;
+    let ours = code_of(section, sym).ok_or(Miss::NoBytes)?;
     let image_addr = address.wrapping_sub(delta);
     let theirs = target
         .image
         .bytes(image_addr, ours.len())
         .ok_or(Miss::NoBytes)?;
-    let relocs = section.relocs_in(sym.value, sym.value + sym.size);
-    let masked = |i: u64| {
-        relocs
-            .iter()
-            .any(|r| i >= r.offset - sym.value && i < r.offset - sym.value + reloc_width(r.r_type))
-    };
+    let relocs = section.relocs_in(sym.value, end_of(sym));
+    let masked = |i: u64| relocs.iter().any(|r| in_field(r, sym.value, i));
     if let Some(i) = (0..ours.len()).find(|&i| ours[i] != theirs[i] && !masked(i as u64)) {
         return Err(Miss::Bytes { offset: i as u64 });
     }
@@ -197,10 +189,10 @@ fn check(
     for r in relocs {
         let off = (r.offset - sym.value) as usize;
         let width = reloc_width(r.r_type) as usize;
-        let Some(field) = theirs.get(off..off + width) else {
+        let Some(field) = off.checked_add(width).and_then(|end| theirs.get(off..end)) else {
             continue;
         };
-        let p = address + off as u64;
+        let p = address.wrapping_add(off as u64);
         // S + A as the kernel's field encodes it, in symbol-table addresses.
         let s_plus_a = match r.r_type {
             2 | 4 => p.wrapping_add(i32::from_le_bytes(field.try_into().expect("4")) as i64 as u64),
@@ -232,6 +224,26 @@ fn check(
     Ok(seen)
 }
 
+/// The bytes of function `sym` in `section`, if the section holds them all
+/// (a malformed object's symbol may lie past its section).
+fn code_of<'a>(section: &'a graft_elf::Section, sym: &graft_elf::Symbol) -> Option<&'a [u8]> {
+    let start = usize::try_from(sym.value).ok()?;
+    let end = start.checked_add(usize::try_from(sym.size).ok()?)?;
+    section.data.get(start..end)
+}
+
+/// The end of `sym`'s range in its section, saturating.
+fn end_of(sym: &graft_elf::Symbol) -> u64 {
+    sym.value.saturating_add(sym.size)
+}
+
+/// Whether byte `i` of a function at `base` lies in relocation `r`'s field
+/// (`r` at or after `base`).
+fn in_field(r: &graft_elf::Reloc, base: u64, i: u64) -> bool {
+    let at = r.offset - base;
+    i >= at && i < at.saturating_add(reloc_width(r.r_type))
+}
+
 /// The named symbol a relocation reaches and the addend relative to it;
 /// `None` for strings and anonymous data, which have no name to check.
 fn named_target(obj: &Object, r: &graft_elf::Reloc) -> Option<(String, i64)> {
@@ -242,8 +254,8 @@ fn named_target(obj: &Object, r: &graft_elf::Reloc) -> Option<(String, i64)> {
             if is_string_section(section) {
                 return None;
             }
-            let s = obj.symbol_covering(sec, off + pcrel_bias(r.r_type))?;
-            Some((s.name.clone(), off - s.value as i64))
+            let s = obj.symbol_covering(sec, off.wrapping_add(pcrel_bias(r.r_type)))?;
+            Some((s.name.clone(), off.wrapping_sub(s.value as i64)))
         }
     }
 }
@@ -275,15 +287,14 @@ fn explain(
     match best {
         Some((address, Miss::Bytes { offset })) => {
             let section = orig.section(sym.section.expect("defined"));
-            let start = sym.value as usize;
-            let ours = &section.data[start..start + sym.size as usize];
+            let ours = code_of(section, sym).unwrap_or(&[]);
             // A few bytes more of theirs, so a longer last instruction decodes whole.
             let image_addr = address.wrapping_sub(delta);
             let theirs = (0..=15)
                 .rev()
                 .find_map(|extra| target.image.bytes(image_addr, ours.len() + extra))
                 .unwrap_or(&[]);
-            let relocs = section.relocs_in(sym.value, sym.value + sym.size);
+            let relocs = section.relocs_in(sym.value, end_of(sym));
             let our_names = |lo: u64, hi: u64| {
                 relocs
                     .iter()
@@ -349,10 +360,13 @@ pub fn disassemble_at(
 ) -> String {
     match instruction_at(code, ip, offset) {
         Some(insn) => {
-            let (lo, hi) = (insn.ip() - ip, insn.ip() - ip + insn.len() as u64);
+            let lo = insn.ip().wrapping_sub(ip);
+            let hi = lo.saturating_add(insn.len() as u64);
             let mut s = String::new();
             GasFormatter::new().format(&insn, &mut s);
-            let bytes: Vec<String> = code[lo as usize..hi as usize]
+            let bytes: Vec<String> = code
+                .get(lo as usize..hi as usize)
+                .unwrap_or(&[])
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
@@ -374,7 +388,8 @@ fn instruction_at(code: &[u8], ip: u64, offset: u64) -> Option<Instruction> {
         if insn.is_invalid() {
             return None;
         }
-        if offset >= insn.ip() - ip && offset < insn.ip() - ip + insn.len() as u64 {
+        let at = insn.ip().wrapping_sub(ip);
+        if offset >= at && offset < at.saturating_add(insn.len() as u64) {
             return Some(insn);
         }
     }
@@ -441,12 +456,12 @@ pub fn verify_module(
                 });
                 out.sympos.insert(sym.name.clone(), sympos);
                 let sec = ko.section(k.section.expect("defined"));
-                for r in sec.relocs_in(k.value, k.value + k.size) {
+                for r in sec.relocs_in(k.value, end_of(k)) {
                     if let Some((name, _)) = named_target(ko, r) {
                         let target = match ko.reloc_target(r) {
                             RelocTarget::Symbol(id) => Some(ko.symbol(id)),
                             RelocTarget::SectionOffset(s, off) => {
-                                ko.symbol_covering(s, off + pcrel_bias(r.r_type))
+                                ko.symbol_covering(s, off.wrapping_add(pcrel_bias(r.r_type)))
                             }
                         };
                         if let Some(p) = target
@@ -463,11 +478,8 @@ pub fn verify_module(
                 let ksym = ko.symbol(k);
                 let ours_sec = orig.section(sym.section.expect("defined"));
                 let theirs_sec = ko.section(ksym.section.expect("defined"));
-                let ours = &ours_sec.data[sym.value as usize..(sym.value + sym.size) as usize];
-                let theirs = theirs_sec
-                    .data
-                    .get(ksym.value as usize..(ksym.value + ksym.size) as usize)
-                    .unwrap_or(&[]);
+                let ours = code_of(ours_sec, sym).unwrap_or(&[]);
+                let theirs = code_of(theirs_sec, ksym).unwrap_or(&[]);
                 return Err(VerifyError::Mismatch {
                     object,
                     function: format!("{} (module {})", sym.name, module.name),
@@ -501,24 +513,22 @@ pub fn verify_module(
 fn compare_in_module(orig: &Object, f: SymbolId, ko: &Object, k: SymbolId) -> Option<u64> {
     use graft_diff::compare::normalize;
     let (os, ks) = (orig.symbol(f), ko.symbol(k));
-    let (osec, ksec) = (orig.section(os.section?), ko.section(ks.section?));
-    let ours = osec
-        .data
-        .get(os.value as usize..(os.value + os.size) as usize)?;
-    let theirs = ksec
-        .data
-        .get(ks.value as usize..(ks.value + ks.size) as usize)?;
+    // Code that is not all there (a malformed symbol) differs at once.
+    let (Some(osec), Some(ksec)) = (os.section, ks.section) else {
+        return Some(0);
+    };
+    let (osec, ksec) = (orig.section(osec), ko.section(ksec));
+    let (Some(ours), Some(theirs)) = (code_of(osec, os), code_of(ksec, ks)) else {
+        return Some(0);
+    };
     if ours.len() != theirs.len() {
         return Some(ours.len().min(theirs.len()) as u64);
     }
-    let orel = osec.relocs_in(os.value, os.value + os.size);
-    let krel = ksec.relocs_in(ks.value, ks.value + ks.size);
+    let orel = osec.relocs_in(os.value, end_of(os));
+    let krel = ksec.relocs_in(ks.value, end_of(ks));
     let masked = |i: u64| {
-        orel.iter()
-            .any(|r| i >= r.offset - os.value && i < r.offset - os.value + reloc_width(r.r_type))
-            || krel.iter().any(|r| {
-                i >= r.offset - ks.value && i < r.offset - ks.value + reloc_width(r.r_type)
-            })
+        orel.iter().any(|r| in_field(r, os.value, i))
+            || krel.iter().any(|r| in_field(r, ks.value, i))
     };
     let mut first: Option<u64> = (0..ours.len())
         .find(|&i| ours[i] != theirs[i] && !masked(i as u64))
@@ -543,9 +553,14 @@ fn compare_in_module(orig: &Object, f: SymbolId, ko: &Object, k: SymbolId) -> Op
                     note(off);
                     continue;
                 }
-                let field = &theirs[off as usize..off as usize + 4];
+                let Some(field) = theirs.get(off as usize..(off as usize).saturating_add(4)) else {
+                    note(off);
+                    continue;
+                };
                 let disp = i32::from_le_bytes(field.try_into().expect("4")) as i64;
-                let at = (ks.value + off) as i64 + disp - addend;
+                let at = (ks.value.wrapping_add(off) as i64)
+                    .wrapping_add(disp)
+                    .wrapping_sub(addend);
                 let hit = ko
                     .symbols_in(ksec.id)
                     .any(|s| s.name == name && s.value as i64 == at);
