@@ -28,8 +28,6 @@ use std::fmt::Write;
 use graft_target::SymbolTable;
 use serde::Serialize;
 
-use crate::{KlpCallback, KlpFunc};
-
 /// The kernel function whose presence means the kernel clears a patch's
 /// relocations to a module itself.
 pub const KERNEL_CLEARS: &str = "clear_relocate_add";
@@ -83,22 +81,6 @@ pub fn support(symbols: &SymbolTable) -> Reload {
         }
     }
     Reload::Stub { sympos }
-}
-
-/// The modules the patch changes (its klp objects other than vmlinux), in
-/// order of first appearance.
-pub fn module_objects<'a>(funcs: &'a [KlpFunc], callbacks: &'a [KlpCallback]) -> Vec<&'a str> {
-    let mut v: Vec<&str> = Vec::new();
-    for o in funcs
-        .iter()
-        .filter_map(|f| f.object.as_deref())
-        .chain(callbacks.iter().filter_map(|c| c.object.as_deref()))
-    {
-        if !v.contains(&o) {
-            v.push(o);
-        }
-    }
-    v
 }
 
 /// The build's warning when `modules` cannot be reloaded while the patch is
