@@ -15,6 +15,7 @@ pub fn module_info(
     headers: &Path,
     funcs: &[graft_klp::KlpFunc],
     replace: bool,
+    reload: &graft_klp::reload::Reload,
 ) -> Result<Vec<(String, String)>> {
     let text = std::fs::read(patch).with_context(|| format!("cannot read {}", patch.display()))?;
     let sha = Sha256::digest(&text)
@@ -48,6 +49,7 @@ pub fn module_info(
         (keys::FUNCTIONS.into(), format_functions(&refs)),
         (keys::BUILT.into(), built.to_string()),
         (keys::REPLACE.into(), if replace { "1" } else { "0" }.into()),
+        (keys::RELOAD.into(), reload.modinfo().into()),
     ])
 }
 

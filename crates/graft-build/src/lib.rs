@@ -111,7 +111,10 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
         verified: verified.into_iter().flat_map(|v| v.functions).collect(),
         callbacks: plans.iter().flat_map(|p| p.callbacks.clone()).collect(),
         states,
-        warnings: units::warnings(&units, &diffs),
+        warnings: units::warnings(&units, &diffs)
+            .into_iter()
+            .chain(module.warnings.iter().cloned())
+            .collect(),
         klp_relocations: module.klp_relocations,
         headers: ws
             .header_units

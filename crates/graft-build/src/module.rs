@@ -14,6 +14,8 @@ use crate::{BuildError, Inputs};
 pub struct Linked {
     pub bytes: Vec<u8>,
     pub klp_relocations: usize,
+    /// What the module cannot do on this kernel (reload a patched module).
+    pub warnings: Vec<String>,
 }
 
 pub fn link(
@@ -37,11 +39,14 @@ pub fn link(
         .flat_map(|p| p.callbacks.iter().cloned())
         .collect();
     let module_name = format!("livepatch-{}", inputs.name);
+    // Whether a patched module can be reloaded on this kernel, and how.
+    let reload = graft_klp::reload::support(&target.symbols);
     let mut module_info = crate::buildinfo::module_info(
         &inputs.patch,
         &target.paths.headers,
         &funcs,
         !inputs.no_replace,
+        &reload,
     )?;
     // The module links against these exports by name: their namespaces
     // must be imported, or modpost and the loader refuse it.
@@ -56,6 +61,7 @@ pub fn link(
             module_info: &module_info,
             callbacks: &callbacks,
             states,
+            reload: &reload,
         },
     )?;
     let dir = ws.work_dir().join("module");
@@ -82,7 +88,11 @@ pub fn link(
         .collect();
     let (bytes, klp_relocations) =
         graft_klp::postlink::convert(&linked, &ko.display().to_string(), &objects)?;
+    let reloaded = graft_klp::postlink::module_objects(&bytes);
     Ok(Linked {
+        warnings: graft_klp::reload::warning(&reload, &reloaded)
+            .into_iter()
+            .collect(),
         bytes,
         klp_relocations,
     })

@@ -88,7 +88,7 @@ pub fn read(ws: &Workspace, target: &Target) -> Result<Vec<Unit>> {
             t.add_module(m);
             t
         });
-        let crcs = graft_diff::Crcs::read_kbuild(&orig_path, &patched_path);
+        let crcs = graft_diff::Crcs::read_kbuild(&orig_path, &patched_path)?;
         out.push(Unit {
             object: obj.clone(),
             orig,
@@ -304,7 +304,7 @@ pub fn warnings(units: &[Unit], diffs: &[ObjectDiff]) -> Vec<String> {
         let file = u.file();
         for f in &d.markers.force_unsafe {
             out.push(format!(
-                "{file}: KPATCH_FORCE_UNSAFE({}) has no effect: the kernel's livepatch has no per-function bypass of its consistency model (a task switches only when no patched function is on its stack); if the transition stalls on {}, `graft load --force` forces the whole patch, after which it can never be unloaded",
+                "{file}: KPATCH_FORCE_UNSAFE({}) has no effect: the kernel's livepatch has no per-function bypass of its consistency model (a task switches only when no patched function is on its stack); if the transition stalls on {}, `graft load --force` forces the whole patch (the modules of the patches it replaces can then never be removed)",
                 f.function, f.function
             ));
         }

@@ -54,7 +54,7 @@ fn main() {
             let t = Instant::now();
             let opts = Options {
                 layout: Some(&k.layout),
-                crcs: graft_diff::Crcs::read_kbuild(&op, &pp),
+                crcs: graft_diff::Crcs::read_kbuild(&op, &pp).unwrap(),
                 ..Default::default()
             };
             let d = graft_diff::analyze(&orig, &patched, &opts);

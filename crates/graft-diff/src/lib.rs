@@ -25,6 +25,9 @@ pub mod special;
 pub mod split;
 pub mod types;
 
+#[cfg(test)]
+mod fuzz_regressions;
+
 use std::collections::{BTreeSet, HashMap};
 
 use graft_elf::{Object, SectionId, SymKind, SymbolId};

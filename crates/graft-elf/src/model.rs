@@ -358,7 +358,7 @@ impl Object {
             count += 1;
             only = Some(s);
             let start = s.value as i64;
-            if offset >= start && offset < start + s.size.max(1) as i64 {
+            if offset >= start && offset < start.saturating_add(s.size.max(1) as i64) {
                 return Some(s);
             }
         }
@@ -373,6 +373,82 @@ impl Object {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An object with `.text` holding relocations at `offsets` against its
+    /// section symbol, the way gas writes references to local symbols.
+    fn with_relocs(offsets: &[u64]) -> Object {
+        use object::write;
+        let mut o = write::Object::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let text = o.add_section(Vec::new(), b".text".to_vec(), object::SectionKind::Text);
+        o.append_section_data(text, &[0x90; 32], 16);
+        let sym = o.section_symbol(text);
+        for &offset in offsets {
+            o.add_relocation(
+                text,
+                write::Relocation {
+                    offset,
+                    symbol: sym,
+                    addend: 0,
+                    flags: object::RelocationFlags::Elf {
+                        r_type: elf::R_X86_64_64,
+                    },
+                },
+            )
+            .unwrap();
+        }
+        Object::parse(&o.write().unwrap(), Path::new("r.o")).unwrap()
+    }
+
+    /// Found by fuzzing (4b2203f): a malformed symbol past its section's end
+    /// asks for the relocations of `[start, end)` with `end < start`.
+    #[test]
+    fn relocs_in_an_inverted_range_is_empty() {
+        let o = with_relocs(&[0, 5, 9]);
+        let text = o.section_by_name(".text").unwrap();
+        assert_eq!(text.relocs_in(0, 32).len(), 3);
+        assert!(text.relocs_in(8, 4).is_empty());
+        assert!(text.relocs_in(u64::MAX, 0).is_empty());
+    }
+
+    /// Found by fuzzing (bde5857): a section symbol's value plus the addend
+    /// wraps (the overflow-checked test pass would panic otherwise).
+    #[test]
+    fn section_offset_of_a_huge_value_wraps() {
+        let mut o = with_relocs(&[0]);
+        let text = o.section_by_name(".text").unwrap();
+        let r = text.relocs[0];
+        o.symbols[r.symbol.0].value = i64::MAX as u64;
+        let r = Reloc { addend: 2, ..r };
+        let RelocTarget::SectionOffset(_, off) = o.reloc_target(&r) else {
+            panic!("not a section offset")
+        };
+        assert_eq!(off, i64::MIN + 1);
+    }
+
+    /// A symbol at the top of the offset range: its end saturates.
+    #[test]
+    fn covering_symbol_at_the_top_of_the_range() {
+        let mut o = with_relocs(&[]);
+        let text = o.section_by_name(".text").unwrap().id;
+        let id = SymbolId(o.symbols.len());
+        o.symbols.push(Symbol {
+            id,
+            name: "f".into(),
+            kind: SymKind::Func,
+            binding: Binding::Local,
+            section: Some(text),
+            shndx: text.0 as u16,
+            value: i64::MAX as u64 - 1,
+            size: 16,
+            other: 0,
+        });
+        let s = o.symbol_covering(text, i64::MAX - 1).map(|s| s.id);
+        assert_eq!(s, Some(id));
+    }
 
     #[test]
     fn rejects_non_elf_and_truncated_input() {

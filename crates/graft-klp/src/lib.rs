@@ -5,11 +5,14 @@
 //! sections, cut down to the entries of included code) → [`emit`] (the patch
 //! object) → [`stub`] (the C registration stub) → after kbuild links the
 //! module, [`postlink`] turns the references to `.klp.sym.*` symbols into klp
-//! relocation sections.
+//! relocation sections. [`reload`] decides who clears the patch's
+//! relocations to a module when that module goes away (the kernel, the stub,
+//! or nobody), so that a patched module can be reloaded.
 
 pub mod emit;
 pub mod include;
 pub mod postlink;
+pub mod reload;
 pub mod special;
 pub mod stub;
 

@@ -125,3 +125,24 @@ pub fn convert(
     b.write(&mut out).map_err(|e| err(e.to_string()))?;
     Ok((out, count))
 }
+
+/// The modules (klp objects other than vmlinux) that a converted module has
+/// klp relocations for, sorted: the ones livepatch writes into the patch
+/// each time that module loads.
+pub fn module_objects(ko: &[u8]) -> Vec<String> {
+    use object::{Object, ObjectSection};
+    let Ok(file) = object::File::parse(ko) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = file
+        .sections()
+        .filter_map(|s| {
+            let name = s.name().ok()?;
+            let (object, _) = name.strip_prefix(klp::RELA_PREFIX)?.split_once('.')?;
+            (object != klp::VMLINUX).then(|| object.to_owned())
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}

@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use graft_diff::markers::{CallbackKind, State};
 
+use crate::reload::{self, Reload};
 use crate::{KlpCallback, KlpError, KlpFunc};
 
 /// Symbols the stub defines for the patch's own code (declared in
@@ -24,6 +25,8 @@ pub struct StubOptions<'a> {
     pub callbacks: &'a [KlpCallback],
     /// The `klp_state`s the patch declares.
     pub states: &'a [State],
+    /// Who clears the patch's relocations to a module that goes away.
+    pub reload: &'a Reload,
 }
 
 /// C source of the stub. Names are C-escaped; aliases are graft's own.
@@ -71,6 +74,29 @@ pub fn generate(funcs: &[KlpFunc], opts: &StubOptions<'_>) -> Result<String, Klp
             objects.push(o);
         }
     }
+    // Module objects get callbacks that clear the patch's relocation fields
+    // for the module when it goes away (see reload.rs).
+    let author = |obj: Option<&str>, kind: CallbackKind| {
+        opts.callbacks
+            .iter()
+            .find(|cb| cb.object.as_deref() == obj && cb.kind == kind)
+            .map(|cb| cb.symbol.as_str())
+    };
+    let clears = |obj: Option<&str>| obj.is_some() && matches!(opts.reload, Reload::Stub { .. });
+    if let Reload::Stub { sympos } = opts.reload {
+        if objects.iter().any(|o| clears(*o)) {
+            c.push_str(&reload::c_helpers(*sympos));
+        }
+    }
+    for (i, obj) in objects.iter().enumerate() {
+        if clears(*obj) {
+            c.push_str(&reload::c_wrappers(
+                i,
+                author(*obj, CallbackKind::PrePatch),
+                author(*obj, CallbackKind::PostUnpatch),
+            ));
+        }
+    }
     for (i, obj) in objects.iter().enumerate() {
         let _ = write!(c, "\nstatic struct klp_func graft_funcs_{i}[] = {{\n");
         for f in funcs.iter().filter(|f| f.object.as_deref() == *obj) {
@@ -88,11 +114,22 @@ pub fn generate(funcs: &[KlpFunc], opts: &StubOptions<'_>) -> Result<String, Klp
     for (i, obj) in objects.iter().enumerate() {
         let name = obj.map_or_else(|| "NULL".to_owned(), |o| format!("\"{}\"", c_escape(o)));
         let _ = write!(c, "\t{{ .name = {name}, .funcs = graft_funcs_{i}");
-        let cbs: Vec<String> = opts
-            .callbacks
+        let cbs: Vec<String> = CallbackKind::ALL
             .iter()
-            .filter(|cb| cb.object.as_deref() == *obj)
-            .map(|cb| format!(".{} = {}", cb.kind.field(), cb.symbol))
+            .filter_map(|&kind| {
+                let wrapped = clears(*obj)
+                    && match kind {
+                        CallbackKind::PostUnpatch => true,
+                        CallbackKind::PrePatch => author(*obj, kind).is_some(),
+                        _ => false,
+                    };
+                let f = if wrapped {
+                    format!("graft_reload_{}_{i}", kind.field())
+                } else {
+                    author(*obj, kind)?.to_owned()
+                };
+                Some(format!(".{} = {f}", kind.field()))
+            })
             .collect();
         if !cbs.is_empty() {
             let _ = write!(c, ",\n\t  .callbacks = {{ {} }}", cbs.join(", "));
@@ -234,6 +271,7 @@ mod tests {
                 ],
                 callbacks: &[],
                 states: &[],
+                reload: &Reload::Kernel,
             },
         )
         .unwrap();
@@ -273,6 +311,7 @@ mod tests {
             module_info: &[],
             callbacks,
             states,
+            reload: &Reload::Kernel,
         }
     }
 
@@ -324,6 +363,103 @@ mod tests {
         assert!(c.contains(".states = graft_states,"));
         assert!(c.contains("struct klp_patch __graft_patch = {"));
         assert!(c.contains("klp_enable_patch(&__graft_patch)"));
+    }
+
+    /// Module objects get the clearing post-unpatch callback, chained after
+    /// the author's; an author's pre-patch of a module is wrapped to clear
+    /// when it fails; vmlinux and kernels that clear by themselves get
+    /// nothing.
+    #[test]
+    fn module_objects_clear_their_relocations_on_reload() {
+        let funcs = vec![
+            KlpFunc {
+                object: None,
+                old_name: "kernel_clone".into(),
+                old_sympos: 0,
+                new_symbol: "__graft_new_0_0".into(),
+            },
+            KlpFunc {
+                object: Some("binfmt_misc".into()),
+                old_name: "bm_status_read".into(),
+                old_sympos: 0,
+                new_symbol: "__graft_new_1_0".into(),
+            },
+        ];
+        let cbs = [
+            callback(None, CallbackKind::PostUnpatch, "v", "__graft_new_0_1"),
+            callback(
+                Some("ext4"),
+                CallbackKind::PrePatch,
+                "check",
+                "__graft_new_2_0",
+            ),
+            callback(
+                Some("ext4"),
+                CallbackKind::PostUnpatch,
+                "undo",
+                "__graft_new_2_1",
+            ),
+            callback(
+                Some("ext4"),
+                CallbackKind::PostPatch,
+                "hello",
+                "__graft_new_2_2",
+            ),
+        ];
+        let stub = Reload::Stub { sympos: [0, 0, 0] };
+        let c = generate(
+            &funcs,
+            &StubOptions {
+                reload: &stub,
+                ..opts(&cbs, &[])
+            },
+        )
+        .unwrap();
+        assert_eq!(c.matches("static void graft_reload_clear(").count(), 1);
+        assert!(c.contains("__asm__(\"\\\".klp.sym.vmlinux.text_poke,0\\\"\")"));
+        // vmlinux: the author's callback as is.
+        assert!(c.contains(
+            "{ .name = NULL, .funcs = graft_funcs_0,\n\t  .callbacks = { .post_unpatch = __graft_new_0_1 } },"
+        ));
+        // A module without callbacks of its own.
+        assert!(c.contains(
+            "{ .name = \"binfmt_misc\", .funcs = graft_funcs_1,\n\t  .callbacks = { .post_unpatch = graft_reload_post_unpatch_1 } },"
+        ));
+        assert!(c.contains(
+            "static void graft_reload_post_unpatch_1(struct klp_object *obj)\n{\n\tgraft_reload_clear(obj, false);\n}"
+        ));
+        // A module with the author's: chained, and the pre-patch wrapped.
+        assert!(c.contains(
+            "{ .name = \"ext4\", .funcs = graft_funcs_2,\n\t  .callbacks = { .pre_patch = graft_reload_pre_patch_2, .post_patch = __graft_new_2_2, .post_unpatch = graft_reload_post_unpatch_2 } },"
+        ));
+        assert!(c.contains("\t__graft_new_2_1(obj);\n\tgraft_reload_clear(obj, false);"));
+        assert!(c.contains(
+            "int ret = __graft_new_2_0(obj);\n\n\tif (ret)\n\t\tgraft_reload_clear(obj, true);"
+        ));
+
+        // A kernel that clears them itself, or one that offers no means.
+        for r in [Reload::Kernel, Reload::Unsupported { why: "x".into() }] {
+            let c = generate(
+                &funcs,
+                &StubOptions {
+                    reload: &r,
+                    ..opts(&cbs, &[])
+                },
+            )
+            .unwrap();
+            assert!(!c.contains("graft_reload"), "{c}");
+            assert!(c.contains(".pre_patch = __graft_new_2_0, .post_patch = __graft_new_2_2, .post_unpatch = __graft_new_2_1"));
+        }
+        // vmlinux alone: no helpers.
+        let c = generate(
+            &funcs[..1],
+            &StubOptions {
+                reload: &stub,
+                ..opts(&[], &[])
+            },
+        )
+        .unwrap();
+        assert!(!c.contains("graft_reload"), "{c}");
     }
 
     #[test]

@@ -2,9 +2,13 @@
 //! `/var/lib/graft/<kernel release>/`, and a systemd unit runs
 //! `graft load --installed` at boot, which loads the ones built for the
 //! running kernel and skips the others, loudly.
+//!
+//! The boot order is the install order, recorded in the file names:
+//! `<seq>-<module>.ko`, where `seq` is one more than the highest of the
+//! release's directory when the module is installed. File times play no
+//! part (a copy, a restore from backup or a coarse clock would reorder them).
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -68,6 +72,8 @@ pub fn unit_text(graft: &Path) -> String {
 pub struct Installed {
     pub release: String,
     pub name: String,
+    /// Position in the release's install order (higher is newer).
+    pub seq: u64,
     pub path: PathBuf,
     /// Cumulative: loading it replaces everything installed before it.
     pub replace: bool,
@@ -102,16 +108,23 @@ pub fn install(
     })?;
     let dir = root.lib.join(release);
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let file = format!("{}.ko", m.name);
+    let before = files_in(&dir)?;
+    let seq = before.iter().map(|f| f.seq).max().unwrap_or(0) + 1;
+    let file = format!("{seq:06}-{}.ko", m.name);
     let dst = dir.join(&file);
     let tmp = dir.join(format!(".{file}.tmp"));
     std::fs::copy(ko, &tmp).map_err(io(&tmp))?;
     std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
+    // Installed again: the new copy takes the newest place, the old one goes.
+    for old in before.iter().filter(|f| f.module == m.name) {
+        std::fs::remove_file(&old.path).map_err(io(&old.path))?;
+    }
     write_unit(root, graft)?;
     Ok(InstallReport {
         installed: Installed {
             release: release.to_owned(),
             name: m.name.clone(),
+            seq,
             path: dst,
             replace: replace_flag(&m),
         },
@@ -187,38 +200,70 @@ pub fn uninstall(
 }
 
 /// Every installed module, per release in install order (oldest first).
+/// No directory means nothing is installed; a directory that cannot be read
+/// is an error, never an empty list (boot would load nothing, silently).
 pub fn installed(root: &InstallRoot) -> Result<Vec<Installed>, OpsError> {
     let mut v = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&root.lib) else {
-        return Ok(v);
+    let rd = match std::fs::read_dir(&root.lib) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(v),
+        Err(e) => return Err(io(&root.lib)(e)),
     };
-    let mut releases: Vec<String> = rd
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut releases: Vec<String> = Vec::new();
+    for e in rd {
+        let e = e.map_err(io(&root.lib))?;
+        if e.path().is_dir() {
+            releases.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
     releases.sort();
     for r in releases {
-        let dir = root.lib.join(&r);
-        let mut files: Vec<(SystemTime, PathBuf)> = Vec::new();
-        for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
-            let p = e.map_err(io(&dir))?.path();
-            if p.extension().is_some_and(|x| x == "ko") {
-                let t = p.metadata().and_then(|m| m.modified()).map_err(io(&p))?;
-                files.push((t, p));
-            }
-        }
-        files.sort();
-        for (_, p) in files {
-            let m = ModuleInfo::read(&p)?;
+        for f in files_in(&root.lib.join(&r))? {
+            let m = ModuleInfo::read(&f.path)?;
             v.push(Installed {
                 release: r.clone(),
                 name: m.name.clone(),
+                seq: f.seq,
                 replace: replace_flag(&m),
-                path: p,
+                path: f.path,
             });
         }
     }
+    Ok(v)
+}
+
+/// A module file of a release's directory.
+struct InstalledFile {
+    seq: u64,
+    /// The module name its file name gives.
+    module: String,
+    path: PathBuf,
+}
+
+/// The `.ko` files of `dir` in install order. A file without a sequence
+/// number (installed by hand, or by an older graft) counts as 0: before
+/// every numbered one, by name.
+fn files_in(dir: &Path) -> Result<Vec<InstalledFile>, OpsError> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = e.map_err(io(dir))?.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".ko"))
+            .filter(|n| !n.starts_with('.'))
+        else {
+            continue;
+        };
+        let (seq, module) = match stem.split_once('-') {
+            Some((n, m)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                (n.parse().unwrap_or(u64::MAX), m.to_owned())
+            }
+            _ => (0, stem.to_owned()),
+        };
+        v.push(InstalledFile { seq, module, path });
+    }
+    v.sort_by(|a, b| a.seq.cmp(&b.seq).then_with(|| a.path.cmp(&b.path)));
     Ok(v)
 }
 
@@ -281,11 +326,32 @@ mod tests {
         std::fs::create_dir_all(&src).unwrap();
         let run = "6.1.0-56-amd64";
         let graft = Path::new("/usr/local/bin/graft");
-        install(&root, &ko(&src, "livepatch_a", run, true), graft, run).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        install(&root, &ko(&src, "livepatch_b", run, true), graft, run).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        install(&root, &ko(&src, "livepatch_c", run, false), graft, run).unwrap();
+        for (name, replace) in [
+            ("livepatch_a", true),
+            ("livepatch_b", true),
+            ("livepatch_c", false),
+        ] {
+            install(&root, &ko(&src, name, run, replace), graft, run).unwrap();
+        }
+        // File times say the opposite order: they do not count.
+        let dir = root.lib.join(run);
+        for (i, f) in [
+            "000001-livepatch_a.ko",
+            "000002-livepatch_b.ko",
+            "000003-livepatch_c.ko",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let t = std::time::SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(2_000_000_000 - 1000 * i as u64);
+            std::fs::File::options()
+                .append(true)
+                .open(dir.join(f))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
         let r = install(
             &root,
             &ko(&src, "livepatch_z", "6.1.0-99-amd64", true),
@@ -294,7 +360,10 @@ mod tests {
         )
         .unwrap();
         assert!(r.other_release);
-        assert!(root.lib.join("6.1.0-99-amd64/livepatch_z.ko").is_file());
+        assert!(root
+            .lib
+            .join("6.1.0-99-amd64/000001-livepatch_z.ko")
+            .is_file());
         let unit = std::fs::read_to_string(root.unit_path()).unwrap();
         assert!(unit.contains("ExecStart=/usr/local/bin/graft load --installed"));
         assert_eq!(
@@ -308,6 +377,26 @@ mod tests {
         assert_eq!(names(&plan.superseded), ["livepatch_a"]);
         assert_eq!(names(&plan.other_release), ["livepatch_z"]);
 
+        // Installed again, a takes the newest place (and is the newest
+        // cumulative patch); its old copy is gone.
+        install(&root, &ko(&src, "livepatch_a", run, true), graft, run).unwrap();
+        let plan = boot_plan(&root, run).unwrap();
+        assert_eq!(names(&plan.load), ["livepatch_a"]);
+        assert_eq!(names(&plan.superseded), ["livepatch_b", "livepatch_c"]);
+        assert_eq!(plan.load[0].seq, 4);
+        assert!(!dir.join("000001-livepatch_a.ko").exists());
+        assert!(dir.join("000004-livepatch_a.ko").is_file());
+        // A file without a number (by hand) comes first.
+        std::fs::copy(
+            ko(&src, "livepatch_h", run, false),
+            dir.join("livepatch_h.ko"),
+        )
+        .unwrap();
+        let all = installed(&root).unwrap();
+        assert_eq!(all[0].name, "livepatch_h");
+        assert_eq!(all[0].seq, 0);
+        std::fs::remove_file(dir.join("livepatch_h.ko")).unwrap();
+
         assert!(uninstall(&root, "livepatch_nope", None).is_err());
         for n in ["livepatch_a", "livepatch_b", "livepatch_c"] {
             let u = uninstall(&root, n, None).unwrap();
@@ -319,6 +408,35 @@ mod tests {
             !root.unit_path().exists() && std::fs::symlink_metadata(root.wants_link()).is_err()
         );
         assert!(installed(&root).unwrap().is_empty());
+    }
+
+    /// An install root that cannot be read is an error, not "nothing
+    /// installed"; one that does not exist is nothing installed.
+    #[test]
+    fn unreadable_install_root_is_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        let root = InstallRoot {
+            lib: t.path().join("lib"),
+            units: t.path().join("units"),
+        };
+        assert!(installed(&root).unwrap().is_empty());
+        std::fs::write(&root.lib, "not a directory\n").unwrap();
+        let e = boot_plan(&root, "6.1.0-56-amd64").unwrap_err();
+        assert!(matches!(e, OpsError::Io { .. }), "{e}");
+        assert!(
+            e.to_string().contains(&root.lib.display().to_string()),
+            "{e}"
+        );
+        // A release directory that is not readable either.
+        std::fs::remove_file(&root.lib).unwrap();
+        std::fs::create_dir_all(root.lib.join("6.1.0-56-amd64")).unwrap();
+        std::fs::write(
+            root.lib.join("6.1.0-56-amd64/000001-livepatch_x.ko"),
+            "junk",
+        )
+        .unwrap();
+        let e = boot_plan(&root, "6.1.0-56-amd64").unwrap_err();
+        assert!(e.to_string().contains("000001-livepatch_x.ko"), "{e}");
     }
 
     #[test]

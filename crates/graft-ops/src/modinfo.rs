@@ -23,7 +23,14 @@ pub mod keys {
     pub const BUILT: &str = "graft_built";
     /// `1` for a cumulative (atomic replace) patch, `0` for a stacking one.
     pub const REPLACE: &str = "graft_replace";
+    /// Who clears the patch's relocations to a module that goes away, so
+    /// that the module can be loaded again: `kernel` (6.3+), `graft` (the
+    /// stub's callbacks) or `unsupported`.
+    pub const RELOAD: &str = "graft_reload";
 }
+
+/// What [`keys::RELOAD`] says when the patch's module objects can be reloaded.
+pub const RELOAD_SAFE: [&str; 2] = ["kernel", "graft"];
 
 /// The marker `scripts/sign-file` appends after the signature.
 const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
@@ -37,6 +44,10 @@ pub struct ModuleInfo {
     pub livepatch: bool,
     pub description: Option<String>,
     pub signed: bool,
+    /// The modules the patch has klp relocations for (`.klp.rela.<module>.*`
+    /// sections): livepatch writes them into the patch each time that module
+    /// loads.
+    pub klp_modules: Vec<String>,
     /// Present in modules built by graft.
     pub graft: Option<GraftInfo>,
 }
@@ -49,6 +60,8 @@ pub struct GraftInfo {
     pub functions: Vec<FuncRef>,
     pub built: Option<u64>,
     pub replace: Option<bool>,
+    /// [`keys::RELOAD`]; absent in modules of graft versions before it.
+    pub reload: Option<String>,
 }
 
 impl ModuleInfo {
@@ -95,6 +108,7 @@ impl ModuleInfo {
                 .unwrap_or_default(),
             built: get(keys::BUILT).and_then(|s| s.parse().ok()),
             replace: get(keys::REPLACE).map(|s| s == "1"),
+            reload: get(keys::RELOAD),
         });
         Ok(ModuleInfo {
             path: path.to_owned(),
@@ -103,6 +117,7 @@ impl ModuleInfo {
             livepatch: get("livepatch").as_deref() == Some("Y"),
             description: get("description"),
             signed: data.ends_with(SIGNATURE_MARKER),
+            klp_modules: klp_modules(&file),
             graft,
         })
     }
@@ -114,13 +129,32 @@ impl ModuleInfo {
     }
 }
 
+/// Modules named by `.klp.rela.<object>.<section>` sections, sorted.
+fn klp_modules(file: &object::File<'_>) -> Vec<String> {
+    let mut v: Vec<String> = file
+        .sections()
+        .filter_map(|s| {
+            let (object, _) = s.name().ok()?.strip_prefix(".klp.rela.")?.split_once('.')?;
+            (object != "vmlinux").then(|| object.to_owned())
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// Names a module's functions go by in stack traces, mapped to the function
 /// they replace. The kernel's module kallsyms reports the first symbol at an
 /// address, which for a graft module can be the stub's alias of a new
 /// function (`__graft_new_0_0`) rather than its own name (`ksys_read`).
 pub fn stack_names(path: &Path) -> Result<Vec<(String, String)>, OpsError> {
     let data = std::fs::read(path).map_err(io(path))?;
-    let file = object::File::parse(&*data).map_err(|e| OpsError::NotAModule {
+    stack_names_of(path, &data)
+}
+
+/// [`stack_names`] of the module file contents `data` (from `path`).
+pub fn stack_names_of(path: &Path, data: &[u8]) -> Result<Vec<(String, String)>, OpsError> {
+    let file = object::File::parse(data).map_err(|e| OpsError::NotAModule {
         path: path.to_owned(),
         what: format!("not an ELF object: {e}"),
     })?;
@@ -193,11 +227,23 @@ pub(crate) mod tests {
 
     /// A relocatable ELF with `.modinfo` holding `entries`, like a module.
     pub fn module_bytes(entries: &[&str], signed: bool) -> Vec<u8> {
+        module_bytes_with(entries, signed, &[])
+    }
+
+    /// The same, with empty sections named `sections` too.
+    pub fn module_bytes_with(entries: &[&str], signed: bool, sections: &[&str]) -> Vec<u8> {
         let mut obj = write::Object::new(
             object::BinaryFormat::Elf,
             object::Architecture::X86_64,
             object::Endianness::Little,
         );
+        for name in sections {
+            obj.add_section(
+                Vec::new(),
+                name.as_bytes().to_vec(),
+                object::SectionKind::Data,
+            );
+        }
         let sec = obj.add_section(Vec::new(), b".modinfo".to_vec(), object::SectionKind::Data);
         let mut data = Vec::new();
         for e in entries {
@@ -215,7 +261,7 @@ pub(crate) mod tests {
 
     #[test]
     fn reads_kernel_and_graft_keys() {
-        let b = module_bytes(
+        let b = module_bytes_with(
             &[
                 "description=graft live patch x",
                 "livepatch=Y",
@@ -225,10 +271,17 @@ pub(crate) mod tests {
                 "graft_functions=vmlinux:cmdline_proc_show,0 vmlinux:foo,2",
                 "graft_built=1700000000",
                 "graft_replace=1",
+                "graft_reload=graft",
                 "name=livepatch_x",
                 "vermagic=6.1.0-56-amd64 SMP preempt mod_unload modversions ",
             ],
             false,
+            &[
+                ".klp.rela.vmlinux..text.a",
+                ".klp.rela.ext4..text.b",
+                ".klp.rela.binfmt_misc..text.c",
+                ".klp.rela.ext4..rodata",
+            ],
         );
         let m = ModuleInfo::parse(Path::new("livepatch-x.ko"), &b).unwrap();
         assert_eq!(m.name, "livepatch_x");
@@ -238,6 +291,8 @@ pub(crate) mod tests {
         assert_eq!(g.kernel.as_deref(), Some("6.1.0-56-amd64"));
         assert_eq!(g.built, Some(1_700_000_000));
         assert_eq!(g.replace, Some(true));
+        assert_eq!(g.reload.as_deref(), Some("graft"));
+        assert_eq!(m.klp_modules, ["binfmt_misc", "ext4"]);
         assert_eq!(
             format_functions(&g.functions),
             "vmlinux:cmdline_proc_show,0 vmlinux:foo,2"

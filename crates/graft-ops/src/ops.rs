@@ -25,7 +25,8 @@ const RELEASE_WAIT: Duration = Duration::from_secs(10);
 pub enum OnStall {
     /// Reverse the transition and remove the module (the default).
     Revert,
-    /// Write `force`: the patch completes, the module can never be removed.
+    /// Write `force`: the patch completes; the modules of the patches it
+    /// replaces can never be removed (a task may still run their code).
     Force,
 }
 
@@ -56,7 +57,8 @@ pub enum LoadOutcome {
         /// Cumulative patch: the patches it replaced (now removed).
         replaced: Vec<String>,
         handover: Vec<Handover>,
-        /// The stall was forced: this module can never be removed.
+        /// The stall was forced: the replaced patches' modules can never be
+        /// removed (they are among `leftovers`).
         forced: bool,
         /// Modules of replaced patches graft could not remove.
         leftovers: Vec<String>,
@@ -586,14 +588,17 @@ mod tests {
             &[
                 ("vmlinux", "cmdline_proc_show", 0),
                 ("vmlinux", "version_proc_show", 0),
+                ("vmlinux", "control_show", 2),
             ],
             false,
         );
+        // control_show,1 and control_show,2 are namesakes, not one function.
         let k = FakeKernel {
             host: h.clone(),
             funcs: vec![
                 ("vmlinux", "cmdline_proc_show", 0),
                 ("vmlinux", "loadavg_proc_show", 0),
+                ("vmlinux", "control_show", 1),
             ],
             completes: true,
             replace: true,
@@ -628,9 +633,12 @@ mod tests {
         assert_eq!(
             h2,
             [
-                "cmdline_proc_show Some(\"livepatch_a\")->Some(\"livepatch_b\")",
-                "loadavg_proc_show None->Some(\"livepatch_b\")",
-                "version_proc_show Some(\"livepatch_a\")->None",
+                // The kernel shows a unique function as `name,1`.
+                "cmdline_proc_show,1 Some(\"livepatch_a\")->Some(\"livepatch_b\")",
+                "control_show,1 None->Some(\"livepatch_b\")",
+                "loadavg_proc_show,1 None->Some(\"livepatch_b\")",
+                "control_show,2 Some(\"livepatch_a\")->None",
+                "version_proc_show,1 Some(\"livepatch_a\")->None",
             ]
         );
     }

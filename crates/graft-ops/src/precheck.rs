@@ -97,7 +97,43 @@ pub fn check_load(host: &Host, m: &ModuleInfo) -> Result<Findings, OpsError> {
             busy: p.name.clone(),
         });
     }
+    f.warnings.extend(reload_warning(host, m)?);
     Ok(f)
+}
+
+/// The kernel function whose presence means the kernel itself clears a
+/// patch's relocations to a module that goes away (6.3+).
+const KERNEL_CLEARS: &str = "clear_relocate_add";
+
+/// A patch with klp relocations for a module, on a kernel that does not
+/// clear them when the module goes away, keeps that module from loading a
+/// second time, unless the patch clears them itself (graft's stub does where
+/// the kernel lets it; `graft build` said so when it could not).
+fn reload_warning(host: &Host, m: &ModuleInfo) -> Result<Option<String>, OpsError> {
+    if m.klp_modules.is_empty() {
+        return Ok(None);
+    }
+    let said = m.graft.as_ref().and_then(|g| g.reload.as_deref());
+    if said.is_some_and(|r| crate::modinfo::RELOAD_SAFE.contains(&r)) || kernel_clears(host)? {
+        return Ok(None);
+    }
+    let mods = m.klp_modules.join(", ");
+    let why = match said {
+        Some(_) => "graft could not make the patch clear them itself (see `graft build`'s warning)",
+        None => "the patch does not say that it clears them itself",
+    };
+    Ok(Some(format!(
+        "while {} is loaded, {mods} cannot be unloaded and loaded again: this kernel does not clear a patch's relocations to a module that goes away, so it would refuse the second load (\"existing value is nonzero\"), and {why}; unload the patch before reloading {mods}",
+        m.name
+    )))
+}
+
+/// Whether the running kernel has [`KERNEL_CLEARS`], from `/proc/kallsyms`.
+fn kernel_clears(host: &Host) -> Result<bool, OpsError> {
+    let text = read_opt(&host.proc.join("kallsyms"))?.unwrap_or_default();
+    Ok(text
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some(KERNEL_CLEARS)))
 }
 
 /// Why the kernel would insist on a signature, if it does: the
@@ -154,6 +190,55 @@ mod tests {
         let f = check_load(&h, &lp()).unwrap();
         assert_eq!(f.warnings.len(), 1);
         assert!(f.warnings[0].contains("unsigned"));
+    }
+
+    /// A patch with relocations for a module warns unless the patch or the
+    /// kernel clears them when that module goes away.
+    #[test]
+    fn a_patch_that_keeps_a_module_from_reloading_is_warned_about() {
+        let (_t, h) = host();
+        write(&h.proc.join("kallsyms"), "ffffffff8103ca20 T text_poke\n");
+        let with = |reload: Option<&str>, sections: &[&str]| {
+            let r = reload.map(|r| format!("graft_reload={r}"));
+            let mut entries = vec![
+                "livepatch=Y",
+                "name=livepatch_x",
+                "vermagic=6.1.0-56-amd64 SMP",
+                "graft_version=0.1.0",
+            ];
+            entries.extend(r.as_deref());
+            let m = ModuleInfo::parse(
+                Path::new("/m/livepatch-x.ko"),
+                &crate::modinfo::tests::module_bytes_with(&entries, true, sections),
+            )
+            .unwrap();
+            check_load(&h, &m)
+                .unwrap()
+                .warnings
+                .into_iter()
+                .filter(|w| w.contains("reload"))
+                .collect::<Vec<_>>()
+        };
+        let rela = [".klp.rela.binfmt_misc..text.bm_status_read"];
+        let w = with(Some("unsupported"), &rela);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains(
+                "while livepatch_x is loaded, binfmt_misc cannot be unloaded and loaded again"
+            ) && w[0].contains("graft could not make the patch clear them"),
+            "{w:?}"
+        );
+        assert!(with(None, &rela)[0].contains("does not say that it clears them"));
+        assert!(with(Some("graft"), &rela).is_empty());
+        assert!(with(Some("kernel"), &rela).is_empty());
+        assert!(with(Some("unsupported"), &[".klp.rela.vmlinux..text.f"]).is_empty());
+        // A kernel that clears them itself.
+        write(
+            &h.proc.join("kallsyms"),
+            "ffffffff8103ca20 T text_poke\nffffffff8107b3d0 T clear_relocate_add\n",
+        );
+        assert!(with(Some("unsupported"), &rela).is_empty());
+        assert!(with(None, &rela).is_empty());
     }
 
     #[test]

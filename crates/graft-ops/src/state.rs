@@ -170,7 +170,8 @@ pub fn set_enabled(host: &Host, name: &str, enabled: bool) -> Result<(), OpsErro
 }
 
 /// Writes `force`: every remaining task is switched without the stack check.
-/// The kernel then never lets the module go.
+/// The kernel then never lets go of the modules of the patches being
+/// removed: the replaced ones when patching, this one when unpatching.
 pub fn force(host: &Host, name: &str) -> Result<(), OpsError> {
     let p = host.patch_dir(name).join("force");
     std::fs::write(&p, "1").map_err(io(&p))
@@ -212,6 +213,7 @@ pub(crate) mod fake {
     }
 
     /// Registers a patch the way livepatch shows it, plus its module.
+    /// `funcs` are (object, function, old_sympos) as the patch declares them.
     pub fn add_patch(host: &Host, name: &str, funcs: &[(&str, &str, u32)], transition: bool) {
         let d = host.patch_dir(name);
         write(&d.join("enabled"), "1\n");
@@ -222,7 +224,10 @@ pub(crate) mod fake {
         write(&d.join("force"), "");
         for (obj, f, pos) in funcs {
             write(&d.join(obj).join("patched"), "1\n");
-            fs::create_dir_all(d.join(obj).join(format!("{f},{pos}"))).unwrap();
+            // As kernel/livepatch/core.c names it: "%s,%lu" with
+            // `old_sympos ? old_sympos : 1`, so a unique function is `f,1`.
+            let shown = if *pos == 0 { 1 } else { *pos };
+            fs::create_dir_all(d.join(obj).join(format!("{f},{shown}"))).unwrap();
         }
         add_module(host, name, true);
     }
@@ -288,7 +293,12 @@ mod tests {
         let a = s.get("livepatch_a").unwrap();
         assert!(a.enabled && a.transition);
         let funcs: Vec<String> = a.functions().map(|f| f.to_string()).collect();
-        assert_eq!(funcs, ["foo,2", "version_proc_show"]);
+        // Declared with sympos 0 (unique), shown by the kernel as 1.
+        assert_eq!(funcs, ["foo,2", "version_proc_show,1"]);
+        assert!(h
+            .patch_dir("livepatch_a")
+            .join("vmlinux/version_proc_show,1")
+            .is_dir());
         assert_eq!(a.objects[0].patched, Some(true));
         assert!(a.objects[0].loaded);
         assert_eq!(s.in_transition().unwrap().name, "livepatch_a");

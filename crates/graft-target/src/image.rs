@@ -57,6 +57,12 @@ impl KernelImage {
             path: path.to_owned(),
             source,
         })?;
+        KernelImage::parse(path, data)
+    }
+
+    /// The kernel in `data`, the contents of the boot image or vmlinux at
+    /// `path` (named in errors).
+    pub fn parse(path: &Path, data: Vec<u8>) -> Result<KernelImage, ImageError> {
         let elf = if data.starts_with(b"\x7fELF") {
             data
         } else {

@@ -32,6 +32,16 @@ impl ModuleFile {
             what,
         };
         let raw = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
+        ModuleFile::parse(path, raw)
+    }
+
+    /// The module in `raw`, the contents of the file at `path` (whose name,
+    /// `.ko` or `.ko.xz`, says how to read it and gives the module's name).
+    pub fn parse(path: &Path, raw: Vec<u8>) -> Result<ModuleFile, ModuleError> {
+        let unreadable = |what: String| ModuleError::Unreadable {
+            path: path.to_owned(),
+            what,
+        };
         let file_name = path
             .file_name()
             .unwrap_or_default()

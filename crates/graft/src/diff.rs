@@ -63,7 +63,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     }
     let opts = graft_diff::Options {
         layout: layout.as_ref(),
-        crcs: graft_diff::Crcs::read_kbuild(&a.orig, &a.patched),
+        crcs: graft_diff::Crcs::read_kbuild(&a.orig, &a.patched)?,
         ..Default::default()
     };
     let d = graft_diff::analyze(&orig, &patched, &opts);

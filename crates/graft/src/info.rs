@@ -88,6 +88,18 @@ pub fn run(a: Args, json: bool) -> Result<()> {
                     .map(|f| format!("{}:{},{}", f.object, f.name, f.sympos))
                     .collect();
                 println!("  functions: {}", funcs.join(" "));
+                if !m.klp_modules.is_empty() {
+                    let by = match g.reload.as_deref() {
+                        Some("graft") => "the patch clears them when the module goes away",
+                        Some("kernel") => "the kernel clears them when the module goes away",
+                        Some(_) => "nothing clears them: the module cannot be reloaded while the patch is loaded",
+                        None => "unknown whether they are cleared when the module goes away",
+                    };
+                    println!(
+                        "  relocations for modules: {} ({by})",
+                        m.klp_modules.join(", ")
+                    );
+                }
             }
             None => println!("  built by: not graft (no graft metadata)"),
         }

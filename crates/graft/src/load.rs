@@ -26,7 +26,8 @@ pub struct Args {
     #[command(flatten)]
     transition: TransitionArgs,
     /// If the transition stalls, force it instead of reversing it. The
-    /// module can then never be removed; the kernel's docs ask for the patch
+    /// modules of the patches it replaces can then never be removed, and a
+    /// task still in the old code may misbehave; the kernel's docs ask for the patch
     /// author's clearance first.
     #[arg(long)]
     force: bool,
@@ -66,7 +67,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
 }
 
 fn confirm_force(yes: bool) -> Result<()> {
-    let warning = "--force: if the transition stalls, graft forces every remaining task to the patched code without the stack check. The module can then never be removed (rmmod is refused until reboot), and a task still inside a changed function may misbehave.";
+    let warning = "--force: if the transition stalls, graft forces every remaining task to the patched code without the stack check: a task still inside a changed function may misbehave, and the modules of the patches this one replaces can never be removed (rmmod is refused until reboot).";
     if yes {
         eprintln!("graft: warning: {warning}");
         return Ok(());
@@ -144,7 +145,17 @@ fn print_outcome(o: &LoadOutcome) {
             }
         }
         if *forced {
-            eprintln!("graft: warning: {name} was forced: its module can never be removed; plan a reboot and no further live patches");
+            eprintln!(
+                "graft: warning: {name} was forced: tasks still in the old code were switched without the stack check{}; plan a reboot",
+                if replaced.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", and the modules of the patches it replaced ({}) can never be removed",
+                        replaced.join(", ")
+                    )
+                }
+            );
         }
     }
 }

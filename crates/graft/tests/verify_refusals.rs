@@ -55,21 +55,40 @@ fn tree_configured_differently_is_refused_naming_function_and_offset() {
             "hint:",
         ],
     );
-    // The first differing instruction, both sides, and what theirs reaches.
+    // The message quotes both instructions: ours, then the kernel's. (The
+    // line always holds `__x86_return_thunk`, so a bare `ret` substring
+    // would prove nothing.)
+    let quoted = backquoted(&line);
+    assert_eq!(quoted.len(), 2, "two instructions quoted: {line}");
+    assert_eq!(
+        quoted[0].split_whitespace().next(),
+        Some("ret"),
+        "ours is the plain return: {line}"
+    );
     assert!(
-        line.contains("ours `ret [c3]`")
-            && line.contains("the kernel's `jmp ")
-            && line.contains("→ __x86_return_thunk`"),
-        "the differing instruction is the return: {line}"
+        quoted[1].starts_with("jmp") && quoted[1].contains("__x86_return_thunk"),
+        "the kernel's is the jump to the return thunk: {line}"
     );
     assert!(!dir.path().join("livepatch-cfg.ko").exists());
 }
 
-/// `cmdline_proc_show` as another version of the source has it.
+/// The spans of `line` between backquotes, in order.
+fn backquoted(line: &str) -> Vec<&str> {
+    line.split('`').skip(1).step_by(2).collect()
+}
+
 #[test]
-fn tree_of_another_source_version_is_refused() {
-    let lab = lab();
-    let tree = variant_tree(&lab, "other-version", |root| {
+fn backquoted_spans() {
+    assert_eq!(
+        backquoted("ours `ret`, the kernel's `jmp x`; `y"),
+        ["ret", "jmp x", "y"]
+    );
+    assert!(backquoted("none").is_empty());
+}
+
+/// The lab tree with `cmdline_proc_show` as another version of the source has it.
+fn other_version_tree(lab: &graft_lab::Lab) -> std::path::PathBuf {
+    variant_tree(lab, "other-version", |root| {
         let rel = "fs/proc/cmdline.c";
         let text = std::fs::read_to_string(root.join(rel)).unwrap();
         let older = text.replace(
@@ -78,14 +97,25 @@ fn tree_of_another_source_version_is_refused() {
         );
         assert_ne!(older, text);
         replace_file(root, rel, &older);
-    });
-    let dir = tempfile::tempdir().unwrap();
-    // Zero lines of context: the fix itself still applies to this version.
-    let p = patch_file(
-        dir.path(),
+    })
+}
+
+/// The cmdline fix with zero lines of context: it still applies to the
+/// other version.
+fn nocontext_patch(dir: &std::path::Path) -> std::path::PathBuf {
+    patch_file(
+        dir,
         "nocontext.patch",
         "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -10 +10 @@\n-\tseq_putc(m, '\\n');\n+\tseq_puts(m, \" graft_was_here\\n\");\n",
-    );
+    )
+}
+
+#[test]
+fn tree_of_another_source_version_is_refused() {
+    let lab = lab();
+    let tree = other_version_tree(&lab);
+    let dir = tempfile::tempdir().unwrap();
+    let p = nocontext_patch(dir.path());
     let mut args = build_args(&lab, &p, "ver", dir.path());
     set_arg(&mut args, "--tree", tree);
     let line = refused(
@@ -108,6 +138,48 @@ fn tree_of_another_source_version_is_refused() {
         "{line}"
     );
     assert!(!dir.path().join("livepatch-ver.ko").exists());
+}
+
+/// `--no-verify` builds what verification refuses (the tree of another
+/// source version), without reading the image at all, and proves nothing:
+/// no function is listed as verified. What only verification can decide is
+/// then refused, not guessed: which of two same-named functions a call
+/// reaches.
+#[test]
+fn no_verify_skips_the_check_and_guesses_nothing() {
+    let lab = lab();
+    let tree = other_version_tree(&lab);
+    let dir = tempfile::tempdir().unwrap();
+    let p = nocontext_patch(dir.path());
+    let mut args = build_args(&lab, &p, "nover", dir.path());
+    set_arg(&mut args, "--tree", tree);
+    // Not read with --no-verify.
+    set_arg(&mut args, "--image", dir.path().join("no-such-vmlinuz"));
+    args.insert(0, "--json".into());
+    args.push("--no-verify".into());
+    let out = graft(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["verified"], serde_json::json!([]), "{s}");
+    assert_eq!(
+        s["files"][0]["changed"],
+        serde_json::json!(["cmdline_proc_show"])
+    );
+    assert!(dir.path().join("livepatch-nover.ko").is_file());
+
+    let mut args = build_args(
+        &lab,
+        &repo_file("tests/patches/smt-active-calls-control.patch"),
+        "smtnv",
+        dir.path(),
+    );
+    args.push("--no-verify".into());
+    let line = refused(
+        args,
+        &["control_show", "occurs 2 times", "cannot tell which one"],
+    );
+    assert!(line.contains("hint:"), "{line}");
+    assert!(!dir.path().join("livepatch-smtnv.ko").exists());
 }
 
 #[test]

@@ -53,10 +53,9 @@ echo "VERSION-END: $(cat /proc/version)"
 run listEnd graft list
 state End
 # Install for boot: A, then cumulative B, then stacking C, and another kernel's patch.
+# No pause between them: the order is recorded, not read from file times.
 run installA graft install /m/livepatch-ops-a.ko
-sleep 0.1
 run installB graft install /m/livepatch-ops-b.ko
-sleep 0.1
 run installC graft install /m/livepatch-ops-c.ko
 run installZ graft install {z_guest}
 echo "UNIT: $(grep ExecStart /etc/systemd/system/graft.service)"

@@ -8,7 +8,17 @@
 //!   (a read of exactly 7777 bytes fails with EXDEV) shows: the checks above
 //!   would have seen it;
 //! - a reader blocked in the *new* ksys_read stalls `graft unload`: reversed,
-//!   the patch stays active; once the reader is gone, unload works.
+//!   the patch stays active; once the reader is gone, unload works;
+//! - stuck: a load stalls on a reader in the old ksys_read, and meanwhile a
+//!   task enters the new one and stays (a 7778-byte read sleeps there
+//!   uninterruptibly until SIGKILL, out of reach of the kernel's fake
+//!   signals): the reversal stalls too, graft exits 5 naming it, and once it
+//!   is killed the kernel completes the reversal and `graft unload` removes
+//!   the module left behind;
+//! - `--force` on the same stall, over a loaded cumulative patch: the patch
+//!   completes, and the replaced patch's module can never be removed (a
+//!   task may still run its code; the kernel refuses `rmmod` until reboot),
+//!   while the forced patch itself unloads.
 
 mod common;
 mod ops;
@@ -30,6 +40,7 @@ fn stalled_transitions_are_reversed_and_named() {
         out.path(),
         &[],
     );
+    let base = build_module(&lab, "ops-b.patch", "ops-force-base", out.path(), &[]);
     let script = format!(
         r#"{PRELUDE}
 # 7777-byte reads: EXDEV under the patch, data without it.
@@ -74,12 +85,44 @@ wait $reader2 2>/dev/null
 run unload graft unload livepatch_ops_stall
 state end
 probe end
+# Stuck: the reversal stalls too.
+cat /tmp/fifo > /dev/null &
+reader3=$!
+sleep 1
+graft --json load --timeout 5 --grace 1 /m/livepatch-ops-stall.ko >/tmp/stuck.out 2>/tmp/stuck.err &
+g=$!
+# Once this shell runs the patched code, so do its new children.
+i=0; while [ "$(cat /proc/$$/patch_state)" != 1 ] && [ $i -lt 40 ]; do sleep 0.1; i=$((i+1)); done
+dd if=/proc/version of=/dev/null bs=7778 count=1 2>/dev/null &
+holder=$!
+echo "HOLDER: $holder"
+wait $g
+echo "RC stuck: $?"
+echo "OUT stuck: $(tr '\n' ' ' </tmp/stuck.out)"
+sed 's/^/ERR stuck: /' /tmp/stuck.err
+echo "HOLDER-STACK: $(cat /proc/$holder/stack | tr '\n' ' ')"
+state stuck
+kill -9 $holder
+i=0; while [ -d /sys/kernel/livepatch/livepatch_ops_stall ] && [ $i -lt 120 ]; do sleep 0.25; i=$((i+1)); done
+run stuck-cleanup graft --json unload livepatch_ops_stall
+state after-stuck
+probe after-stuck
+# Forced, over a cumulative patch it replaces: completes on the same kind
+# of stall; the replaced module stays for good, the forced patch unloads.
+run force-base graft load /m/livepatch-ops-force-base.ko
+run force graft load --force --yes --timeout 4 --grace 1 /m/livepatch-ops-stall.ko
+probe forced
+rmmod livepatch_ops_force_base 2>/dev/null
+echo "RMMOD-REPLACED: $?"
+run force-unload graft unload livepatch_ops_stall
+state forced
+kill $reader3
 kill $writer
 problems
 "#
     );
-    let sc = Scenario::new("ops-stall", script).with_timeout(Duration::from_secs(240));
-    let sc = with_modules(with_graft(sc), &[&ko]);
+    let sc = Scenario::new("ops-stall", script).with_timeout(Duration::from_secs(360));
+    let sc = with_modules(with_graft(sc), &[&ko, &base]);
     let run = run_scenario(&lab, &sc).unwrap_or_else(|e| panic!("VM run failed: {e}"));
     let r = Report::new(&run);
     let dump = r.dump();
@@ -159,5 +202,76 @@ problems
     assert_eq!(r.rc("unload"), 0, "{dump}");
     assert_eq!(r.value("STATE end"), before);
     assert_eq!(r.value("PROBE end"), "0+1 records in");
+
+    // Stuck: exit 5, the task in the new code named, the module left to
+    // the operator; the kernel finishes once the task is gone.
+    let holder: u32 = r.value("HOLDER").parse().unwrap();
+    assert!(
+        r.value("HOLDER-STACK").contains("[livepatch_ops_stall]"),
+        "the holder is not in the new ksys_read: {dump}"
+    );
+    assert_eq!(r.rc("stuck"), 5, "{dump}");
+    let j = r.json("stuck");
+    let o = &j["outcome"];
+    assert_eq!(o["result"], "stuck", "{j}");
+    let held: Vec<(u64, &str)> = o["blockers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["pid"].as_u64().unwrap(),
+                b["function"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(held, [(u64::from(holder), "ksys_read")], "{j}");
+    let e = r.error_line("stuck");
+    assert!(
+        e.contains("the transition stalled and so did its reversal")
+            && e.contains(&format!("dd (pid {holder}) sleeps in ksys_read"))
+            && e.contains("graft list"),
+        "{e}"
+    );
+    assert!(
+        r.value("STATE stuck").starts_with("livepatch_ops_stall |"),
+        "the stuck patch is not left in place: {dump}"
+    );
+    assert_eq!(r.rc("stuck-cleanup"), 0, "{dump}");
+    assert_eq!(r.json("stuck-cleanup")["result"], "removed", "{dump}");
+    assert_eq!(r.value("STATE after-stuck"), before);
+    assert_eq!(r.value("PROBE after-stuck"), "0+1 records in");
+
+    // Forced: loaded and patched; the replaced module can never go, the
+    // forced patch itself can.
+    assert_eq!(r.rc("force-base"), 0, "{dump}");
+    assert_eq!(r.rc("force"), 0, "{dump}");
+    let out = r.out("force");
+    assert!(
+        out.starts_with("livepatch_ops_stall: patched in") && out.contains("(forced)"),
+        "{dump}"
+    );
+    assert!(
+        out.contains("replaced livepatch_ops_force_base; its module is still loaded"),
+        "{out}"
+    );
+    assert!(
+        r.err("force").iter().any(|l| l.contains(
+            "was forced: tasks still in the old code were switched without the stack check, and the modules of the patches it replaced (livepatch_ops_force_base) can never be removed"
+        )),
+        "{dump}"
+    );
+    assert!(
+        r.value("PROBE forced")
+            .contains("Invalid cross-device link"),
+        "{dump}"
+    );
+    assert_ne!(r.value("RMMOD-REPLACED"), "0", "{dump}");
+    assert_eq!(r.rc("force-unload"), 0, "{dump}");
+    assert_eq!(
+        r.value("STATE forced"),
+        "| livepatch_ops_force_base",
+        "{dump}"
+    );
     r.assert_no_kernel_problems();
 }

@@ -1,6 +1,9 @@
-//! Load and unload 20 times while a getpid storm runs (8 processes calling
-//! getpid in a loop and checking the answer): every transition completes,
-//! every answer is right, no kernel warning.
+//! Load and unload 20 times while two storms run: 8 processes calling
+//! getpid in a loop and checking the answer, and 4 processes reading
+//! `/proc/cmdline` in a loop, whose code (`cmdline_proc_show`) is the one the
+//! patch changes, so the hot path runs through the function being patched
+//! and unpatched: every transition completes, every answer is right (the
+//! original or the patched one, both seen many times), no kernel warning.
 //!
 //! The patch is the cumulative `/proc/cmdline` one (ops-b). Patching getpid
 //! itself while it is hammered cannot be run here: under QEMU/TCG the
@@ -21,19 +24,41 @@ use ops::*;
 const CYCLES: usize = 20;
 
 #[test]
-fn twenty_cycles_under_a_getpid_storm() {
+fn twenty_cycles_under_getpid_and_read_storms() {
     let lab = lab();
     let out = tempfile::tempdir().unwrap();
     let ko = build_module(&lab, "ops-b.patch", "ops-storm", out.path(), &[]);
     let storm = storm_binary(out.path());
+    let reads = static_binary(out.path(), "read-storm");
     let script = format!("{PRELUDE}{}", storm_script(CYCLES));
     let sc = Scenario::new("ops-storm", script)
         .with_file("/usr/local/bin/getpid-storm", &storm)
+        .with_file("/usr/local/bin/read-storm", &reads)
         .with_timeout(Duration::from_secs(420));
     let sc = with_modules(with_graft(sc), &[&ko]);
     let run = run_scenario(&lab, &sc).unwrap_or_else(|e| panic!("VM run failed: {e}"));
     let r = Report::new(&run);
     let dump = r.dump();
+    // The read storm first, "read-storm: 4 processes, N reads, 0 wrong,
+    // seen O P": a wrong answer is what it exists to catch.
+    let line = r.value("READ-STORM");
+    let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+    let num = |after: &str| -> u64 {
+        let i = words.iter().position(|w| *w == after).unwrap();
+        words[i - 1].parse().unwrap()
+    };
+    assert_eq!(num("wrong"), 0, "{line}");
+    assert_eq!(r.value("READ-STORM-RC"), "0", "{line}");
+    let i = words.iter().position(|w| *w == "seen").unwrap();
+    let (orig, patched): (u64, u64) =
+        (words[i + 1].parse().unwrap(), words[i + 2].parse().unwrap());
+    assert_eq!(orig + patched, num("reads"), "{line}");
+    // Through both versions of the function, many times each.
+    assert!(
+        orig > 1000 && patched > 1000,
+        "the storm did not run through both: {line}"
+    );
+    eprintln!("{line}");
     let (loads, unloads) = transition_times(&r, CYCLES);
     assert_eq!(loads.len(), CYCLES);
     assert_eq!(unloads.len(), CYCLES);

@@ -208,11 +208,16 @@ pub fn other_release(release: &str) -> String {
 
 /// `tests/vm/getpid-storm.c` built static into `out`.
 pub fn storm_binary(out: &Path) -> PathBuf {
-    let bin = out.join("getpid-storm");
+    static_binary(out, "getpid-storm")
+}
+
+/// `tests/vm/<name>.c` built static into `out/<name>`.
+pub fn static_binary(out: &Path, name: &str) -> PathBuf {
+    let bin = out.join(name);
     let o = Command::new("gcc")
         .args(["-static", "-O2", "-o"])
         .arg(&bin)
-        .arg(repo_file("tests/vm/getpid-storm.c"))
+        .arg(repo_file(&format!("tests/vm/{name}.c")))
         .output()
         .expect("run gcc");
     assert!(
@@ -223,14 +228,19 @@ pub fn storm_binary(out: &Path) -> PathBuf {
     bin
 }
 
-/// The guest script: start the getpid storm, then `cycles` × (load,
-/// unload) of /m/livepatch-ops-storm.ko, each reporting its JSON.
+/// The guest script: start the getpid storm and a storm of reads of
+/// /proc/cmdline (whose code the patch changes: each answer must be the
+/// original or the patched one), then `cycles` × (load, unload) of
+/// /m/livepatch-ops-storm.ko, each reporting its JSON.
 pub fn storm_script(cycles: usize) -> String {
     format!(
         r#"
 rm -f /tmp/storm-stop
 getpid-storm 8 3600 > /tmp/storm.out &
 storm=$!
+orig="$(cat /proc/cmdline)"
+read-storm /proc/cmdline 4 3600 "$orig" "$orig graft_B" > /tmp/read-storm.out &
+reads=$!
 sleep 2
 i=1
 while [ $i -le {cycles} ]; do
@@ -243,6 +253,9 @@ touch /tmp/storm-stop
 wait $storm
 echo "STORM-RC: $?"
 echo "STORM: $(cat /tmp/storm.out)"
+wait $reads
+echo "READ-STORM-RC: $?"
+echo "READ-STORM: $(cat /tmp/read-storm.out)"
 state end
 problems
 "#
