@@ -38,6 +38,10 @@ pub fn link(
         .iter()
         .flat_map(|p| p.callbacks.iter().cloned())
         .collect();
+    let jumps: Vec<graft_klp::DeferredJumps> = plans
+        .iter()
+        .flat_map(|p| p.deferred_jumps().cloned())
+        .collect();
     let module_name = format!("livepatch-{}", inputs.name);
     // Whether a patched module can be reloaded on this kernel, and how.
     let reload = graft_klp::reload::support(&target.symbols);
@@ -62,6 +66,8 @@ pub fn link(
             callbacks: &callbacks,
             states,
             reload: &reload,
+            jumps: &jumps,
+            jump_notify: graft_klp::jumps::support(&target.symbols).ok(),
         },
     )?;
     let dir = ws.work_dir().join("module");

@@ -141,12 +141,19 @@ pub fn diff(
     let mut diffs = Vec::new();
     let mut refusals = Vec::new();
     for u in units {
+        let symbols = u.symbols(target);
+        let object = u.klp_object().to_owned();
+        let in_module = |n: &str| !symbols.lookup(&object, n).is_empty();
         let opts = graft_diff::Options {
             layout: Some(layout),
             crcs: u.crcs.clone(),
             target_crc: Some(&target_crc),
             module: u.module.as_ref().map(|m| m.name.clone()),
             vmlinux_has: Some(&in_vmlinux),
+            module_has: u
+                .module
+                .is_some()
+                .then_some(&in_module as graft_diff::Lookup<'_, bool>),
         };
         match graft_diff::diff_with(&u.orig, &u.patched, &opts) {
             Ok(d) => diffs.push(d),

@@ -201,6 +201,8 @@ pub struct Options<'a> {
     pub module: Option<String>,
     /// Whether vmlinux defines a symbol (for keys referenced by module code).
     pub vmlinux_has: Option<Lookup<'a, bool>>,
+    /// Whether the target module (see `module`) defines a symbol.
+    pub module_has: Option<Lookup<'a, bool>>,
 }
 
 /// Diffs `orig` against `patched`; refusals are an error.

@@ -109,7 +109,7 @@ impl fmt::Display for Refusal {
             ),
             Rule::KeyInModule { table, key } => write!(
                 f,
-                "{o}: {s} uses {key} from {table} [rule: key-in-module]: the key lives in a module, whose klp relocations are applied after jump labels and static calls are set up; hint: use static_key_enabled() or a plain call instead in the patched code"
+                "{o}: {s} uses {key} from {table} [rule: key-in-module]: the key lives in a module other than the one patched (or is a static call's), and the kernel sets up jump labels and static calls before the klp relocations that would reach it; hint: use static_key_enabled() or a plain call instead in the patched code"
             ),
             Rule::UnknownSection { section } => write!(
                 f,
@@ -357,30 +357,23 @@ impl Refuser<'_, '_> {
                                 if opts.vmlinux_has.is_some_and(|f| f(&name)) {
                                     continue;
                                 }
+                                // Defined by another file of the target
+                                // module (its tracepoints are defined once,
+                                // where CREATE_TRACE_POINTS is): its own key.
+                                if opts.module_has.is_some_and(|f| f(&name)) {
+                                    continue;
+                                }
                                 name
                             }
-                            Target::Place(sec, off, _) => {
-                                if patched.section(sec).is_exec() {
-                                    continue;
-                                }
-                                // A key the module carries (a new pr_debug's
-                                // descriptor, new data) is the module's own:
-                                // the loader sets it up with its jump labels.
-                                let key = crate::correlate::symbol_at(patched, sec, off);
-                                if key.is_some_and(|k| {
-                                    diff.data.iter().any(|d| {
-                                        d.symbol == k
-                                            && (d.verdict == Verdict::New
-                                                || crate::names::identity_free(d.hidden))
-                                    })
-                                }) {
-                                    continue;
-                                }
-                                key.map_or_else(
-                                    || patched.section(sec).name.clone(),
-                                    |k| patched.symbol(k).name.clone(),
-                                )
-                            }
+                            // Defined in this file: a key of the target
+                            // module itself (its tracepoints, its static
+                            // keys), or one the module carries (a new
+                            // pr_debug's descriptor). graft-klp registers
+                            // such jump labels once the module's klp
+                            // relocations are applied, and leaves such
+                            // static call sites calling the trampoline
+                            // (graft-klp's jumps.rs).
+                            Target::Place(..) => continue,
                         };
                         let owner = e
                             .owner

@@ -116,6 +116,19 @@ pub fn write(plan: &Plan<'_>, specials: &[Filtered]) -> Result<Vec<u8>, KlpError
     for f in specials {
         let s = obj.section(f.source);
         let o = add_section(&mut b, s, SectionData::Data(f.data.clone().into()));
+        if let Some(d) = &f.deferred {
+            // Writable data of its own, named for the stub (see jumps.rs).
+            let sec = b.sections.get_mut(o);
+            sec.name = crate::jumps::table_section(plan.unit).into_bytes().into();
+            sec.sh_type = elf::SHT_PROGBITS;
+            sec.sh_flags = elf::SectionFlags(elf::SHF_ALLOC.0 | elf::SHF_WRITE.0);
+            sec.sh_addralign = 8;
+            let y = b.symbols.add();
+            y.name = d.symbol.clone().into_bytes().into();
+            y.section = Some(o);
+            y.set_st_info(elf::STB_GLOBAL, elf::STT_OBJECT);
+            y.st_size = f.data.len() as u64;
+        }
         let mut out = Vec::with_capacity(f.relocs.len());
         for &(offset, orig) in &f.relocs {
             let Some(&r) = s.relocs_in(orig, orig + 1).first() else {

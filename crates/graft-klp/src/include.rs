@@ -63,6 +63,8 @@ pub struct Plan<'a> {
     pub patched: &'a Object,
     /// The klp object the patched file belongs to: "vmlinux" or a module.
     pub object: String,
+    /// The file's number among the patch's files (for unique names).
+    pub unit: usize,
     /// Patched sections carried into the module.
     pub sections: BTreeSet<SectionId>,
     /// Resolved target of every relocation the module keeps, by (section,
@@ -82,6 +84,11 @@ pub struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
+    /// The jump-label tables of this file the stub must register itself.
+    pub fn deferred_jumps(&self) -> impl Iterator<Item = &crate::DeferredJumps> {
+        self.specials.iter().filter_map(|f| f.deferred.as_ref())
+    }
+
     pub fn object_name(&self) -> String {
         self.patched
             .path
@@ -98,7 +105,7 @@ pub fn plan<'a>(
     resolver: &Resolver<'_>,
     unit: usize,
 ) -> Result<Plan<'a>, KlpError> {
-    let mut p = Planner::new(patched, diff, resolver);
+    let mut p = Planner::new(patched, diff, resolver, unit);
     p.seed_functions()?;
     p.keep_table_entries();
     p.resolve_references()?;
@@ -133,10 +140,16 @@ struct Planner<'a, 'd, 'r> {
 }
 
 impl<'a, 'd, 'r> Planner<'a, 'd, 'r> {
-    fn new(patched: &'a Object, diff: &'d ObjectDiff, resolver: &'r Resolver<'r>) -> Self {
+    fn new(
+        patched: &'a Object,
+        diff: &'d ObjectDiff,
+        resolver: &'r Resolver<'r>,
+        unit: usize,
+    ) -> Self {
         let plan = Plan {
             patched,
             object: resolver.object.to_owned(),
+            unit,
             sections: BTreeSet::new(),
             targets: BTreeMap::new(),
             funcs: Vec::new(),

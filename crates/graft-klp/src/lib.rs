@@ -11,6 +11,7 @@
 
 pub mod emit;
 pub mod include;
+pub mod jumps;
 pub mod postlink;
 pub mod reload;
 pub mod special;
@@ -29,6 +30,19 @@ pub struct KlpFunc {
     /// The global alias of the new function in the patch object.
     #[serde(skip)]
     pub new_symbol: String,
+}
+
+/// Jump-label entries of carried code of a module whose keys live in that
+/// module: written as their own table (`symbol`, `count` entries) that the
+/// stub registers with the kernel once the module's klp relocations are
+/// applied (see [`jumps`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeferredJumps {
+    /// The klp object (module) whose keys they are.
+    pub object: String,
+    /// The global symbol at the start of the table.
+    pub symbol: String,
+    pub count: usize,
 }
 
 /// A callback the patch declares (`GRAFT_*_CALLBACK`), for the `klp_object`

@@ -197,29 +197,6 @@ static void graft_reload_clear(struct klp_object *obj, bool always)
 }
 "#;
 
-/// The wrappers of module object `i`: a post-unpatch callback that runs the
-/// author's (if any) and then clears, and, when the author has a pre-patch
-/// callback, one that clears when it fails (livepatch then runs no
-/// post-unpatch callback, yet has written the fields).
-pub(crate) fn c_wrappers(i: usize, pre_patch: Option<&str>, post_unpatch: Option<&str>) -> String {
-    let mut c = String::new();
-    let _ = write!(
-        c,
-        "\nstatic void graft_reload_post_unpatch_{i}(struct klp_object *obj)\n{{\n"
-    );
-    if let Some(f) = post_unpatch {
-        let _ = writeln!(c, "\t{f}(obj);");
-    }
-    c.push_str("\tgraft_reload_clear(obj, false);\n}\n");
-    if let Some(f) = pre_patch {
-        let _ = write!(
-            c,
-            "\nstatic int graft_reload_pre_patch_{i}(struct klp_object *obj)\n{{\n\tint ret = {f}(obj);\n\n\tif (ret)\n\t\tgraft_reload_clear(obj, true);\n\treturn ret;\n}}\n"
-        );
-    }
-    c
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,14 +253,5 @@ mod tests {
             "{c}"
         );
         assert!(c.contains("\".klp.sym.vmlinux.text_mutex,2\\\""), "{c}");
-        let w = c_wrappers(1, Some("__graft_new_1_0"), None);
-        assert!(w.contains("graft_reload_post_unpatch_1(struct klp_object *obj)\n{\n\tgraft_reload_clear(obj, false);"), "{w}");
-        assert!(w.contains("int ret = __graft_new_1_0(obj);"), "{w}");
-        let w = c_wrappers(0, None, Some("__graft_new_0_3"));
-        assert!(
-            w.contains("\t__graft_new_0_3(obj);\n\tgraft_reload_clear(obj, false);"),
-            "{w}"
-        );
-        assert!(!w.contains("pre_patch"), "{w}");
     }
 }

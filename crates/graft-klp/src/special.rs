@@ -21,6 +21,25 @@ pub struct Filtered {
     /// (new offset, original relocation offset) of each kept relocation;
     /// its target is in the plan's `targets` under the original offset.
     pub relocs: Vec<(u64, u64)>,
+    /// Written as this writable data section with a global symbol at its
+    /// start, instead of under the source's name (jump-label entries keyed
+    /// in the target module, which the stub registers itself).
+    pub deferred: Option<crate::DeferredJumps>,
+}
+
+/// Whether a kept jump-label entry's key is a module's symbol reached
+/// through a klp relocation: the kernel sets up a module's jump labels when
+/// it loads, before livepatch applies such relocations, so these entries
+/// must stay out of `__jump_table` (see [`crate::jumps`]).
+fn keyed_in_module(plan: &Plan<'_>, table: SectionId, relocs: &[graft_elf::Reloc]) -> bool {
+    relocs.iter().any(|r| {
+        matches!(
+            plan.targets.get(&(table, r.offset)),
+            Some(crate::include::Target::External(name, _))
+                if graft_elf::klp::parse_sym_name(name)
+                    .is_some_and(|(o, _, _)| o != graft_elf::klp::VMLINUX)
+        )
+    })
 }
 
 /// The cut-down tables of a plan (computed while planning, because the kept
@@ -51,10 +70,36 @@ pub(crate) fn cut(
             source: t.id,
             data: Vec::new(),
             relocs: Vec::new(),
+            deferred: None,
+        };
+        let mut deferred = Filtered {
+            source: t.id,
+            data: Vec::new(),
+            relocs: Vec::new(),
+            deferred: Some(crate::DeferredJumps {
+                object: plan.object.clone(),
+                symbol: crate::jumps::table_symbol(plan.unit),
+                count: 0,
+            }),
         };
         for &ei in &idx {
             let e = &t.entries[ei];
             let (lo, hi) = (e.offset, e.offset + e.size);
+            let in_module = keyed_in_module(plan, t.id, s.relocs_in(lo, hi));
+            if s.name == ".static_call_sites" && in_module {
+                // Left calling the module's trampoline, which the kernel
+                // keeps pointing at the current function: always right,
+                // one jump slower (see jumps.rs).
+                continue;
+            }
+            let f = if s.name == "__jump_table" && in_module {
+                if let Some(d) = deferred.deferred.as_mut() {
+                    d.count += 1;
+                }
+                &mut deferred
+            } else {
+                &mut f
+            };
             let bytes = s.data.get(lo as usize..hi as usize).ok_or_else(|| {
                 KlpError::UnsupportedSpecialSection {
                     object: plan.object_name(),
@@ -91,6 +136,7 @@ pub(crate) fn cut(
                 source: data.id,
                 data: Vec::new(),
                 relocs: Vec::new(),
+                deferred: None,
             };
             for &ei in &idx {
                 let lo = ei as u64 * size;
@@ -102,7 +148,12 @@ pub(crate) fn cut(
             out.push(orc);
             continue;
         }
-        out.push(f);
+        if !f.data.is_empty() {
+            out.push(f);
+        }
+        if !deferred.data.is_empty() {
+            out.push(deferred);
+        }
     }
     Ok(out)
 }

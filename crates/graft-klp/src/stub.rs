@@ -27,6 +27,10 @@ pub struct StubOptions<'a> {
     pub states: &'a [State],
     /// Who clears the patch's relocations to a module that goes away.
     pub reload: &'a Reload,
+    /// Jump-label tables the stub registers itself, and the `sympos` of the
+    /// kernel handler it uses ([`crate::jumps`]).
+    pub jumps: &'a [crate::DeferredJumps],
+    pub jump_notify: Option<u32>,
 }
 
 /// C source of the stub. Names are C-escaped; aliases are graft's own.
@@ -83,19 +87,51 @@ pub fn generate(funcs: &[KlpFunc], opts: &StubOptions<'_>) -> Result<String, Klp
             .map(|cb| cb.symbol.as_str())
     };
     let clears = |obj: Option<&str>| obj.is_some() && matches!(opts.reload, Reload::Stub { .. });
+    // Jump-label tables, by object (their index `k` names their helpers).
+    let tables = |obj: Option<&str>| -> Vec<usize> {
+        opts.jumps
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| obj == Some(t.object.as_str()))
+            .map(|(k, _)| k)
+            .collect()
+    };
     if let Reload::Stub { sympos } = opts.reload {
         if objects.iter().any(|o| clears(*o)) {
             c.push_str(&reload::c_helpers(*sympos));
         }
     }
-    for (i, obj) in objects.iter().enumerate() {
-        if clears(*obj) {
-            c.push_str(&reload::c_wrappers(
-                i,
-                author(*obj, CallbackKind::PrePatch),
-                author(*obj, CallbackKind::PostUnpatch),
-            ));
+    if !opts.jumps.is_empty() {
+        let Some(sympos) = opts.jump_notify else {
+            return Err(KlpError::Unsupported {
+                object: opts.jumps[0].object.clone(),
+                what: format!(
+                    "the patched code has jump labels keyed in {} (a tracepoint or static key of the module), which graft registers through the kernel's {}, and the target kernel does not have it [rule: key-in-module]; hint: use static_key_enabled() instead of the static branch in the patched code",
+                    opts.jumps[0].object,
+                    crate::jumps::NOTIFY
+                ),
+            });
+        };
+        let all: Vec<&crate::DeferredJumps> = opts.jumps.iter().collect();
+        c.push_str(&crate::jumps::c_helpers(&all, sympos));
+    }
+    // The callbacks graft adds to an object run around the author's.
+    let wrapped = |obj: Option<&str>, kind: CallbackKind| match kind {
+        CallbackKind::PostUnpatch => clears(obj) || !tables(obj).is_empty(),
+        CallbackKind::PrePatch => {
+            (clears(obj) && author(obj, kind).is_some()) || !tables(obj).is_empty()
         }
+        _ => false,
+    };
+    for (i, obj) in objects.iter().enumerate() {
+        c.push_str(&object_wrappers(
+            i,
+            wrapped(*obj, CallbackKind::PrePatch).then(|| author(*obj, CallbackKind::PrePatch)),
+            wrapped(*obj, CallbackKind::PostUnpatch)
+                .then(|| author(*obj, CallbackKind::PostUnpatch)),
+            clears(*obj),
+            &tables(*obj),
+        ));
     }
     for (i, obj) in objects.iter().enumerate() {
         let _ = write!(c, "\nstatic struct klp_func graft_funcs_{i}[] = {{\n");
@@ -117,14 +153,8 @@ pub fn generate(funcs: &[KlpFunc], opts: &StubOptions<'_>) -> Result<String, Klp
         let cbs: Vec<String> = CallbackKind::ALL
             .iter()
             .filter_map(|&kind| {
-                let wrapped = clears(*obj)
-                    && match kind {
-                        CallbackKind::PostUnpatch => true,
-                        CallbackKind::PrePatch => author(*obj, kind).is_some(),
-                        _ => false,
-                    };
-                let f = if wrapped {
-                    format!("graft_reload_{}_{i}", kind.field())
+                let f = if wrapped(*obj, kind) {
+                    format!("graft_obj_{}_{i}", kind.field())
                 } else {
                     author(*obj, kind)?.to_owned()
                 };
@@ -159,10 +189,17 @@ pub fn generate(funcs: &[KlpFunc], opts: &StubOptions<'_>) -> Result<String, Klp
         },
         opts.replace
     );
-    c.push_str(
-        "static int __init graft_init(void)\n{\n\treturn klp_enable_patch(&__graft_patch);\n}\n\n",
-    );
-    c.push_str("static void __exit graft_exit(void)\n{\n}\n\n");
+    if opts.jumps.is_empty() {
+        c.push_str(
+            "static int __init graft_init(void)\n{\n\treturn klp_enable_patch(&__graft_patch);\n}\n\n",
+        );
+        c.push_str("static void __exit graft_exit(void)\n{\n}\n\n");
+    } else {
+        // The notifier that registers jump tables of modules that load
+        // after the patch (see jumps.rs) lives as long as the module.
+        c.push_str("static int __init graft_init(void)\n{\n\tint ret = register_module_notifier(&graft_jump_nb);\n\n\tif (ret)\n\t\treturn ret;\n\tret = klp_enable_patch(&__graft_patch);\n\tif (ret)\n\t\tunregister_module_notifier(&graft_jump_nb);\n\treturn ret;\n}\n\n");
+        c.push_str("static void __exit graft_exit(void)\n{\n\tunregister_module_notifier(&graft_jump_nb);\n}\n\n");
+    }
     c.push_str("module_init(graft_init);\nmodule_exit(graft_exit);\n");
     let _ = write!(
         c,
@@ -175,6 +212,63 @@ pub fn generate(funcs: &[KlpFunc], opts: &StubOptions<'_>) -> Result<String, Klp
         }
     }
     Ok(c)
+}
+
+/// The callbacks graft gives object `i` (`None`: not wrapped; `Some(None)`:
+/// wrapped, no author's callback). Pre-patch: the author's, then the jump
+/// tables are registered; if either fails, the relocation fields livepatch
+/// already wrote are cleared (it runs no post-unpatch callback then).
+/// Post-unpatch: the author's, then the tables go, then the fields (the
+/// tables' keys are read through them).
+fn object_wrappers(
+    i: usize,
+    pre_patch: Option<Option<&str>>,
+    post_unpatch: Option<Option<&str>>,
+    clears: bool,
+    tables: &[usize],
+) -> String {
+    let mut c = String::new();
+    if let Some(author) = pre_patch {
+        let _ = write!(
+            c,
+            "\nstatic int graft_obj_pre_patch_{i}(struct klp_object *obj)\n{{\n\tint ret = 0;\n\n"
+        );
+        if let Some(f) = author {
+            let _ = writeln!(c, "\tret = {f}(obj);");
+        }
+        for k in tables {
+            let _ = writeln!(c, "\tif (!ret)\n\t\tret = graft_jumps_want_{k}(obj);");
+        }
+        if !tables.is_empty() {
+            // A table registered before another failed goes again.
+            c.push_str("\tif (ret) {\n");
+            for k in tables {
+                let _ = writeln!(c, "\t\tgraft_jumps_del_{k}();");
+            }
+            c.push_str("\t}\n");
+        }
+        if clears {
+            c.push_str("\tif (ret)\n\t\tgraft_reload_clear(obj, true);\n");
+        }
+        c.push_str("\treturn ret;\n}\n");
+    }
+    if let Some(author) = post_unpatch {
+        let _ = write!(
+            c,
+            "\nstatic void graft_obj_post_unpatch_{i}(struct klp_object *obj)\n{{\n"
+        );
+        if let Some(f) = author {
+            let _ = writeln!(c, "\t{f}(obj);");
+        }
+        for k in tables {
+            let _ = writeln!(c, "\tgraft_jumps_del_{k}();");
+        }
+        if clears {
+            c.push_str("\tgraft_reload_clear(obj, false);\n");
+        }
+        c.push_str("}\n");
+    }
+    c
 }
 
 /// States sorted by id, each once; two versions of one id, or id 0 (which
@@ -272,6 +366,8 @@ mod tests {
                 callbacks: &[],
                 states: &[],
                 reload: &Reload::Kernel,
+                jumps: &[],
+                jump_notify: None,
             },
         )
         .unwrap();
@@ -312,6 +408,8 @@ mod tests {
             callbacks,
             states,
             reload: &Reload::Kernel,
+            jumps: &[],
+            jump_notify: None,
         }
     }
 
@@ -423,18 +521,18 @@ mod tests {
         ));
         // A module without callbacks of its own.
         assert!(c.contains(
-            "{ .name = \"binfmt_misc\", .funcs = graft_funcs_1,\n\t  .callbacks = { .post_unpatch = graft_reload_post_unpatch_1 } },"
+            "{ .name = \"binfmt_misc\", .funcs = graft_funcs_1,\n\t  .callbacks = { .post_unpatch = graft_obj_post_unpatch_1 } },"
         ));
         assert!(c.contains(
-            "static void graft_reload_post_unpatch_1(struct klp_object *obj)\n{\n\tgraft_reload_clear(obj, false);\n}"
+            "static void graft_obj_post_unpatch_1(struct klp_object *obj)\n{\n\tgraft_reload_clear(obj, false);\n}"
         ));
         // A module with the author's: chained, and the pre-patch wrapped.
         assert!(c.contains(
-            "{ .name = \"ext4\", .funcs = graft_funcs_2,\n\t  .callbacks = { .pre_patch = graft_reload_pre_patch_2, .post_patch = __graft_new_2_2, .post_unpatch = graft_reload_post_unpatch_2 } },"
+            "{ .name = \"ext4\", .funcs = graft_funcs_2,\n\t  .callbacks = { .pre_patch = graft_obj_pre_patch_2, .post_patch = __graft_new_2_2, .post_unpatch = graft_obj_post_unpatch_2 } },"
         ));
         assert!(c.contains("\t__graft_new_2_1(obj);\n\tgraft_reload_clear(obj, false);"));
         assert!(c.contains(
-            "int ret = __graft_new_2_0(obj);\n\n\tif (ret)\n\t\tgraft_reload_clear(obj, true);"
+            "\tret = __graft_new_2_0(obj);\n\tif (ret)\n\t\tgraft_reload_clear(obj, true);\n\treturn ret;"
         ));
 
         // A kernel that clears them itself, or one that offers no means.
@@ -460,6 +558,84 @@ mod tests {
         )
         .unwrap();
         assert!(!c.contains("graft_reload"), "{c}");
+    }
+
+    #[test]
+    fn jump_tables_keyed_in_a_module_are_registered_around_the_authors_callbacks() {
+        let funcs = vec![KlpFunc {
+            object: Some("xfs".into()),
+            old_name: "xfs_inode_free".into(),
+            old_sympos: 0,
+            new_symbol: "__graft_new_0_0".into(),
+        }];
+        let cbs = [callback(
+            Some("xfs"),
+            CallbackKind::PostUnpatch,
+            "undo",
+            "__graft_new_0_1",
+        )];
+        let jumps = [crate::DeferredJumps {
+            object: "xfs".into(),
+            symbol: "__graft_jump_0".into(),
+            count: 3,
+        }];
+        let stub = Reload::Stub { sympos: [0, 0, 0] };
+        let c = generate(
+            &funcs,
+            &StubOptions {
+                reload: &stub,
+                jumps: &jumps,
+                jump_notify: Some(0),
+                ..opts(&cbs, &[])
+            },
+        )
+        .unwrap();
+        assert!(
+            c.contains("__asm__(\"\\\".klp.sym.vmlinux.jump_label_module_notify,0\\\"\")"),
+            "{c}"
+        );
+        assert!(
+            c.contains("extern struct jump_entry __graft_jump_0[3];"),
+            "{c}"
+        );
+        assert!(
+            c.contains("static struct module graft_jump_mod_0[3];"),
+            "{c}"
+        );
+        assert!(
+            c.contains("graft_jump_mod_0[i].num_jump_entries = 1;"),
+            "{c}"
+        );
+        // Registered after the author's pre-patch (none here), undone on failure.
+        assert!(c.contains("\tif (!ret)\n\t\tret = graft_jumps_want_0(obj);\n\tif (ret) {\n\t\tgraft_jumps_del_0();\n\t}\n\tif (ret)\n\t\tgraft_reload_clear(obj, true);"), "{c}");
+        // A module that loads later: registered from the notifier, after the
+        // kernel's own jump-label set-up of the module.
+        assert!(c.contains("if (!strcmp(mod->name, \"xfs\")) {\n\t\tif (val == MODULE_STATE_COMING && graft_jump_wanted_0)"), "{c}");
+        assert!(
+            c.contains("register_module_notifier(&graft_jump_nb)"),
+            "{c}"
+        );
+        // Unregistered after the author's post-unpatch, before the fields go.
+        assert!(c.contains("\t__graft_new_0_1(obj);\n\tgraft_jumps_del_0();\n\tgraft_reload_clear(obj, false);"), "{c}");
+        assert!(
+            c.contains(
+                ".pre_patch = graft_obj_pre_patch_0, .post_unpatch = graft_obj_post_unpatch_0"
+            ),
+            "{c}"
+        );
+        // Without the kernel's handler: refused, with the rewrite.
+        let e = generate(
+            &funcs,
+            &StubOptions {
+                reload: &stub,
+                jumps: &jumps,
+                jump_notify: None,
+                ..opts(&cbs, &[])
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("static_key_enabled()"), "{e}");
     }
 
     #[test]

@@ -253,3 +253,103 @@ problems
     assert_eq!(get("SEND7-AFTER:"), "7", "{c}");
     assert!(run.lines_with_prefix("KERNEL-PROBLEM:").is_empty(), "{c}");
 }
+
+/// A fix to a module function with a tracepoint of that module
+/// (drivers/scsi/scsi_lib.c's dispatch, keyed on scsi_mod's
+/// `__tracepoint_scsi_dispatch_cmd_start`): the jump label is registered by
+/// the patch once scsi_mod's klp relocations are applied, so the event fires
+/// from the patched code when enabled after the patch, when enabled before
+/// it, and again after scsi_mod is reloaded.
+#[test]
+fn module_tracepoint_in_patched_code_follows_its_key() {
+    let lab = lab();
+    let out = tempfile::tempdir().unwrap();
+    let (ko, s) = build_ok(&lab, "module-tracepoint.patch", "tp", out.path());
+    assert!(
+        s["files"][0]["changed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "scsi_queue_rq"),
+        "{s}"
+    );
+    let m = graft_elf::Object::read(&ko).unwrap();
+    assert!(
+        m.sections
+            .iter()
+            .any(|x| x.name.starts_with(".data.graft_jump_")),
+        "no deferred jump table"
+    );
+    let mods = lab.modules_dir().join("kernel");
+    let deps = [
+        ("crct10dif_common", "crypto/crct10dif_common.ko"),
+        ("crct10dif_generic", "crypto/crct10dif_generic.ko"),
+        ("crc-t10dif", "lib/crc-t10dif.ko"),
+        ("scsi_common", "drivers/scsi/scsi_common.ko"),
+        ("scsi_mod", "drivers/scsi/scsi_mod.ko"),
+        ("scsi_debug", "drivers/scsi/scsi_debug.ko"),
+    ];
+    let script = format!(
+        r#"{SH_PRELUDE}
+L=/sys/kernel/livepatch
+T=/sys/kernel/tracing
+E=$T/events/scsi/scsi_dispatch_cmd_start/enable
+load() {{ insmod /tp.ko || echo "STEP: insmod tp failed"; wait_for "[ \"\$(cat $L/livepatch_tp/transition)\" = 0 ]" || echo "STEP: tp stuck"; }}
+unload() {{ echo 0 > $L/livepatch_tp/enabled; wait_for "[ ! -d $L/livepatch_tp ]" || echo "STEP: tp not unpatched"; rmmod livepatch_tp || echo "STEP: rmmod tp failed"; }}
+rescan() {{ for h in /sys/class/scsi_host/host*/scan; do echo "- - -" > $h; done; for d in /sys/class/scsi_device/*/device/rescan; do echo 1 > $d; done; }}
+events() {{ echo > $T/trace; rescan; sleep 1; grep -c scsi_dispatch_cmd_start $T/trace; }}
+for m in crct10dif_common crct10dif_generic crc-t10dif scsi_common scsi_mod; do insmod /$m.ko || echo "STEP: insmod $m failed"; done
+load
+echo "OBJ-PATCHED: $(cat $L/livepatch_tp/scsi_mod/patched)"
+insmod /scsi_debug.ko || echo "STEP: insmod scsi_debug failed"
+sleep 2
+echo "PATCHED-RAN: $(dmesg | grep -c 'graft: scsi_dispatch_cmd patched')"
+echo 1 > $E
+echo "EVENTS-ENABLED-AFTER: $(events)"
+echo 0 > $E
+echo "EVENTS-DISABLED: $(events)"
+unload
+echo 1 > $E
+load
+echo "EVENTS-ENABLED-BEFORE: $(events)"
+echo 0 > $E
+rmmod scsi_debug && rmmod scsi_mod || echo "STEP: rmmod scsi failed"
+insmod /scsi_mod.ko && insmod /scsi_debug.ko || echo "STEP: reload scsi failed"
+sleep 2
+echo "OBJ-PATCHED-RELOADED: $(cat $L/livepatch_tp/scsi_mod/patched)"
+echo 1 > $E
+echo "EVENTS-RELOADED: $(events)"
+echo 0 > $E
+unload
+echo "EVENTS-UNPATCHED-DISABLED: $(events)"
+problems
+"#
+    );
+    let mut sc = Scenario::new("module-tracepoint", script)
+        .with_file("/tp.ko", &ko)
+        .with_timeout(Duration::from_secs(300));
+    for (name, rel) in deps {
+        sc = sc.with_file(format!("/{name}.ko"), mods.join(rel));
+    }
+    let run = run_scenario(&lab, &sc).unwrap_or_else(|e| panic!("VM run failed: {e}"));
+    let c = &run.console;
+    let get = |p: &str| line_value(&run, p);
+    let n = |p: &str| get(p).parse::<u32>().unwrap_or_else(|_| panic!("{p} {c}"));
+    assert_eq!(run.lines_with_prefix("STEP:"), Vec::<&str>::new(), "{c}");
+    assert_eq!(get("OBJ-PATCHED:"), "1", "{c}");
+    assert_eq!(
+        get("PATCHED-RAN:"),
+        "1",
+        "the patched dispatch did not run: {c}"
+    );
+    assert!(
+        n("EVENTS-ENABLED-AFTER:") > 0,
+        "no events from the patched code: {c}"
+    );
+    assert_eq!(n("EVENTS-DISABLED:"), 0, "{c}");
+    assert!(n("EVENTS-ENABLED-BEFORE:") > 0, "{c}");
+    assert_eq!(get("OBJ-PATCHED-RELOADED:"), "1", "{c}");
+    assert!(n("EVENTS-RELOADED:") > 0, "{c}");
+    assert_eq!(n("EVENTS-UNPATCHED-DISABLED:"), 0, "{c}");
+    assert!(run.lines_with_prefix("KERNEL-PROBLEM:").is_empty(), "{c}");
+}
