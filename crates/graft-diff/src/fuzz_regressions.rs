@@ -5,50 +5,43 @@
 
 use std::path::Path;
 
-use graft_elf::Object;
-use object::write;
+use graft_elf::write::{Contents, OutReloc, OutSection, SectionSpec, Writer};
+use graft_elf::{Binding, Object, SymKind};
 
-/// A section: name, bytes, kind.
-type Sec<'a> = (&'a str, &'a [u8], object::SectionKind);
+/// A section: name, bytes, flags (`SHF_*`).
+type Sec<'a> = (&'a str, &'a [u8], u64);
 /// A function symbol: name, section index, value, size.
 type Func<'a> = (&'a str, usize, u64, u64);
 
 /// An object with `sections` and local function symbols `funcs`; values
 /// need not lie inside their sections.
-fn object(
-    sections: &[Sec<'_>],
-    funcs: &[Func<'_>],
-) -> (write::Object<'static>, Vec<write::SectionId>) {
-    let mut o = write::Object::new(
-        object::BinaryFormat::Elf,
-        object::Architecture::X86_64,
-        object::Endianness::Little,
-    );
-    let ids: Vec<write::SectionId> = sections
+fn object(sections: &[Sec<'_>], funcs: &[Func<'_>]) -> (Writer, Vec<OutSection>) {
+    let mut w = Writer::new();
+    let ids: Vec<OutSection> = sections
         .iter()
-        .map(|(name, data, kind)| {
-            let id = o.add_section(Vec::new(), name.as_bytes().to_vec(), *kind);
-            o.append_section_data(id, data, 1);
-            id
+        .map(|(name, data, flags)| {
+            w.add_section(
+                &SectionSpec::progbits(name, *flags, 1),
+                Contents::Bytes(data.to_vec()),
+            )
         })
         .collect();
     for &(name, sec, value, size) in funcs {
-        o.add_symbol(write::Symbol {
-            name: name.as_bytes().to_vec(),
+        w.add_symbol(
+            name,
+            Some(ids[sec]),
             value,
             size,
-            kind: object::SymbolKind::Text,
-            scope: object::SymbolScope::Compilation,
-            weak: false,
-            section: write::SymbolSection::Section(ids[sec]),
-            flags: object::SymbolFlags::None,
-        });
+            Binding::Local,
+            SymKind::Func,
+            0,
+        );
     }
-    (o, ids)
+    (w, ids)
 }
 
-fn parse(o: &write::Object<'_>, name: &str) -> Object {
-    Object::parse(&o.write().unwrap(), Path::new(name)).unwrap()
+fn parse(w: Writer, name: &str) -> Object {
+    Object::parse(&w.write().unwrap(), Path::new(name)).unwrap()
 }
 
 fn diff(orig: &Object, patched: &Object) -> crate::ObjectDiff {
@@ -59,7 +52,9 @@ fn diff(orig: &Object, patched: &Object) -> crate::ObjectDiff {
     d
 }
 
-const TEXT: object::SectionKind = object::SectionKind::Text;
+/// SHF_ALLOC | SHF_EXECINSTR, and SHF_ALLOC | SHF_WRITE.
+const TEXT: u64 = 0x6;
+const DATA: u64 = 0x3;
 
 /// Found by fuzzing (7f6c1df): a function whose symbol does not start on an
 /// instruction boundary; its first differing instruction starts before it.
@@ -70,29 +65,17 @@ fn changed_function_starting_inside_an_instruction() {
     let build = |imm: u8| {
         let code = [0xb8, imm, 0, 0, 0, 0xe8, 0, 0, 0, 0, 0xc3];
         let (mut o, ids) = object(&[(".text.f", &code, TEXT)], &[("f", 0, 1, 10)]);
-        let fentry = o.add_symbol(write::Symbol {
-            name: b"__fentry__".to_vec(),
-            value: 0,
-            size: 0,
-            kind: object::SymbolKind::Text,
-            scope: object::SymbolScope::Linkage,
-            weak: false,
-            section: write::SymbolSection::Undefined,
-            flags: object::SymbolFlags::None,
-        });
-        o.add_relocation(
+        let fentry = o.add_undefined("__fentry__");
+        o.add_relocations(
             ids[0],
-            write::Relocation {
+            &[OutReloc {
                 offset: 6,
+                r_type: 4, // R_X86_64_PLT32
                 symbol: fentry,
                 addend: -4,
-                flags: object::RelocationFlags::Elf {
-                    r_type: object::elf::R_X86_64_PLT32,
-                },
-            },
-        )
-        .unwrap();
-        parse(&o, "f.o")
+            }],
+        );
+        parse(o, "f.o")
     };
     let d = diff(&build(1), &build(2));
     let f = d.functions.iter().find(|c| c.name == "f").unwrap();
@@ -111,7 +94,7 @@ fn hookless_function_at_the_end_of_the_address_space() {
         &[(".text.f", &[0xb8, 2, 0, 0, 0, 0xc3, 0xc3], TEXT)],
         &[("f", 0, 0, 7)],
     );
-    let (mut o, mut p) = (parse(&o, "o.o"), parse(&p, "p.o"));
+    let (mut o, mut p) = (parse(o, "o.o"), parse(p, "p.o"));
     for obj in [&mut o, &mut p] {
         let f = obj.symbols.iter().position(|s| s.name == "f").unwrap();
         obj.symbols[f].value = u64::MAX;
@@ -128,36 +111,21 @@ fn reference_far_before_the_only_object_of_a_section() {
         // movabs $x, %rax; ret — the 8-byte field relocated with R_X86_64_64.
         let code = [0x48, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0xb8, imm, 0, 0, 0, 0xc3];
         let (mut o, ids) = object(
-            &[
-                (".text.f", &code, TEXT),
-                (".data.x", &[0; 8], object::SectionKind::Data),
-            ],
+            &[(".text.f", &code, TEXT), (".data.x", &[0; 8], DATA)],
             &[("f", 0, 0, 16)],
         );
-        o.add_symbol(write::Symbol {
-            name: b"x".to_vec(),
-            value: 1,
-            size: 4,
-            kind: object::SymbolKind::Data,
-            scope: object::SymbolScope::Compilation,
-            weak: false,
-            section: write::SymbolSection::Section(ids[1]),
-            flags: object::SymbolFlags::None,
-        });
+        o.add_symbol("x", Some(ids[1]), 1, 4, Binding::Local, SymKind::Object, 0);
         let data = o.section_symbol(ids[1]);
-        o.add_relocation(
+        o.add_relocations(
             ids[0],
-            write::Relocation {
+            &[OutReloc {
                 offset: 2,
+                r_type: 1, // R_X86_64_64
                 symbol: data,
                 addend: i64::MIN,
-                flags: object::RelocationFlags::Elf {
-                    r_type: object::elf::R_X86_64_64,
-                },
-            },
-        )
-        .unwrap();
-        parse(&o, "x.o")
+            }],
+        );
+        parse(o, "x.o")
     };
     diff(&build(1), &build(2));
     let o = build(1);

@@ -7,8 +7,10 @@
 //! both; kernel objects are small, so the copy is cheap.
 
 pub mod dwarf;
+pub mod exec;
 pub mod klp;
 mod model;
+pub mod write;
 pub mod x86;
 
 pub use model::{

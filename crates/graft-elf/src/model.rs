@@ -259,7 +259,12 @@ impl Object {
         }
 
         for (index, sh) in table.enumerate() {
-            if sh.sh_type(endian) != elf::SHT_RELA {
+            // livepatch's own relocation sections are not the linker's or the
+            // loader's: they are applied later, by livepatch, and are read as
+            // sections (graft-elf's klp module), not as the target's relocations.
+            if sh.sh_type(endian) != elf::SHT_RELA
+                || sh.sh_flags(endian).0 & crate::klp::SHF_RELA_LIVEPATCH != 0
+            {
                 continue;
             }
             let target = sh.sh_info(endian) as usize;
@@ -289,9 +294,10 @@ impl Object {
                     addend: rela.r_addend(endian),
                 });
             }
-            relocs.sort_by_key(|r| r.offset);
             let t = &mut sections[target];
-            t.relocs = relocs;
+            // A target may have more than one relocation section.
+            t.relocs.extend(relocs);
+            t.relocs.sort_by_key(|r| r.offset);
             t.rela = Some(SectionId(index.0));
         }
 

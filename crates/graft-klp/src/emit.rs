@@ -1,247 +1,221 @@
 //! Writes the patch object: the carried sections, the cut-down special
 //! sections, their symbols and relocations, as a relocatable ELF that kbuild
-//! links with the stub into the module.
+//! links with the stub into the module (graft-elf's writer).
 
 use std::collections::HashMap;
 
-use object::build::elf::{
-    Builder, Relocation, SectionData, SectionId as OutSection, SymbolId as OutSymbol,
-};
-use object::elf;
-use object::Endianness;
-
-use graft_elf::{SectionId, SymKind, SymbolId};
+use graft_elf::write::{Contents, OutReloc, OutSection, OutSymbol, SectionSpec, Writer};
+use graft_elf::{Binding, SectionId, SymKind, SymbolId};
 
 use crate::include::{Plan, Target};
 use crate::special::Filtered;
 use crate::KlpError;
 
+const SHF_WRITE: u64 = 0x1;
+const SHF_ALLOC: u64 = 0x2;
+const SHT_PROGBITS: u32 = 1;
+
 /// The patch object's bytes.
 pub fn write(plan: &Plan<'_>, specials: &[Filtered]) -> Result<Vec<u8>, KlpError> {
-    let obj = plan.patched;
-    let mut b = Builder::new(Endianness::Little, true);
-    b.header.e_type = elf::ET_REL;
-    b.header.e_machine = elf::EM_X86_64;
-
-    let strtab = add_meta(&mut b, ".strtab", elf::SHT_STRTAB, SectionData::String);
-    let symtab = add_meta(&mut b, ".symtab", elf::SHT_SYMTAB, SectionData::Symbol);
-    {
-        let s = b.sections.get_mut(symtab);
-        s.sh_link_section = Some(strtab);
-        s.sh_addralign = 8;
-        s.sh_entsize = 24;
-    }
-    add_meta(
-        &mut b,
-        ".shstrtab",
-        elf::SHT_STRTAB,
-        SectionData::SectionString,
-    );
-
-    // Carried sections, each with its section symbol.
-    let mut out_sec: HashMap<SectionId, OutSection> = HashMap::new();
-    let mut sec_sym: HashMap<SectionId, OutSymbol> = HashMap::new();
-    for &id in &plan.sections {
-        let s = obj.section(id);
-        let data = if s.is_nobits() {
-            SectionData::UninitializedData(s.size)
-        } else {
-            SectionData::Data(s.data.clone().into())
-        };
-        let o = add_section(&mut b, s, data);
-        out_sec.insert(id, o);
-        sec_sym.insert(id, add_section_symbol(&mut b, o));
-    }
-
-    // Named symbols of carried sections, plus the stub's aliases.
-    let mut out_sym: HashMap<SymbolId, OutSymbol> = HashMap::new();
-    for s in &obj.symbols {
-        let Some(home) = s.section else { continue };
-        if !plan.sections.contains(&home) || matches!(s.kind, SymKind::Section | SymKind::File) {
-            continue;
-        }
-        let o = b.symbols.add();
-        o.name = s.name.clone().into_bytes().into();
-        o.section = Some(out_sec[&home]);
-        // Local in the module: nothing links to carried code by name (the
-        // stub uses the aliases), and a local name sorts before the global
-        // alias, so stack traces and oopses show the kernel's name. A global
-        // the patch adds stays global: another file of the patch may use it.
-        let bind = if s.is_global() && plan.new_globals.contains(&s.id) {
-            elf::STB_GLOBAL
-        } else {
-            elf::STB_LOCAL
-        };
-        o.st_info = object::elf::SymbolInfo((bind.0 << 4) | type_of(s.kind));
-        o.st_other = elf::SymbolOther(s.other);
-        o.st_value = s.value;
-        o.st_size = s.size;
-        out_sym.insert(s.id, o.id());
-    }
-    for (sym, alias) in &plan.aliases {
-        let s = obj.symbol(*sym);
-        let o = b.symbols.add();
-        o.name = alias.clone().into_bytes().into();
-        o.section = Some(out_sec[&s.section.expect("carried")]);
-        o.set_st_info(elf::STB_GLOBAL, elf::STT_FUNC);
-        o.st_value = s.value;
-        o.st_size = s.size;
-    }
-
-    // Relocations of carried sections.
-    let mut externals: HashMap<String, OutSymbol> = HashMap::new();
-    let mut rela: Vec<(OutSection, Vec<Relocation>)> = Vec::new();
-    for &id in &plan.sections {
-        let s = obj.section(id);
-        let mut out = Vec::with_capacity(s.relocs.len());
-        for r in &s.relocs {
-            // Relocations without a target lie in pieces nothing carried uses.
-            let Some(target) = plan.targets.get(&(id, r.offset)) else {
-                continue;
-            };
-            let (symbol, addend) = resolve(&mut b, target, &out_sym, &sec_sym, &mut externals);
-            out.push(Relocation {
-                r_offset: r.offset,
-                symbol: Some(symbol),
-                r_type: elf::RelocationType(r.r_type),
-                r_addend: addend,
-            });
-        }
-        if !out.is_empty() {
-            rela.push((out_sec[&id], out));
-        }
-    }
-
-    // Special sections: their entries point into carried sections only.
-    for f in specials {
-        let s = obj.section(f.source);
-        let o = add_section(&mut b, s, SectionData::Data(f.data.clone().into()));
-        if let Some(d) = &f.deferred {
-            // Writable data of its own, named for the stub (see jumps.rs).
-            let sec = b.sections.get_mut(o);
-            sec.name = crate::jumps::table_section(plan.unit).into_bytes().into();
-            sec.sh_type = elf::SHT_PROGBITS;
-            sec.sh_flags = elf::SectionFlags(elf::SHF_ALLOC.0 | elf::SHF_WRITE.0);
-            sec.sh_addralign = 8;
-            let y = b.symbols.add();
-            y.name = d.symbol.clone().into_bytes().into();
-            y.section = Some(o);
-            y.set_st_info(elf::STB_GLOBAL, elf::STT_OBJECT);
-            y.st_size = f.data.len() as u64;
-        }
-        let mut out = Vec::with_capacity(f.relocs.len());
-        for &(offset, orig) in &f.relocs {
-            let Some(&r) = s.relocs_in(orig, orig + 1).first() else {
-                continue;
-            };
-            let Some(target) = plan.targets.get(&(f.source, orig)) else {
-                continue;
-            };
-            let (symbol, addend) = resolve(&mut b, target, &out_sym, &sec_sym, &mut externals);
-            out.push(Relocation {
-                r_offset: offset,
-                symbol: Some(symbol),
-                r_type: elf::RelocationType(r.r_type),
-                r_addend: addend,
-            });
-        }
-        if !out.is_empty() {
-            rela.push((o, out));
-        }
-    }
-
+    let mut e = Emitter {
+        plan,
+        w: Writer::new(),
+        out_sec: HashMap::new(),
+        sec_sym: HashMap::new(),
+        out_sym: HashMap::new(),
+        externals: HashMap::new(),
+    };
+    e.carried_sections();
+    e.carried_symbols();
+    let mut rela = e.carried_relocations();
+    rela.extend(e.special_sections(specials));
     for (target, relocs) in rela {
-        let name = format!(
-            ".rela{}",
-            String::from_utf8_lossy(b.sections.get(target).name.as_slice())
-        );
-        let s = b.sections.add();
-        s.name = name.into_bytes().into();
-        s.sh_type = elf::SHT_RELA;
-        s.sh_flags = elf::SHF_INFO_LINK;
-        s.sh_addralign = 8;
-        s.sh_entsize = 24;
-        s.sh_link_section = Some(symtab);
-        s.sh_info_section = Some(target);
-        s.data = SectionData::Relocation(relocs);
+        e.w.add_relocations(target, &relocs);
     }
-
-    let mut bytes = Vec::new();
-    b.write(&mut bytes)
-        .map_err(|e| KlpError::Write(e.to_string()))?;
-    Ok(bytes)
+    e.w.write().map_err(|err| KlpError::Write(err.to_string()))
 }
 
-/// The output symbol and addend of a planned relocation target.
-fn resolve(
-    b: &mut Builder<'_>,
-    target: &Target,
-    out_sym: &HashMap<SymbolId, OutSymbol>,
-    sec_sym: &HashMap<SectionId, OutSymbol>,
-    externals: &mut HashMap<String, OutSymbol>,
-) -> (OutSymbol, i64) {
-    match target {
-        Target::Symbol(sym, addend) => (out_sym[sym], *addend),
-        Target::Section(sec, addend) => (sec_sym[sec], *addend),
-        Target::External(name, addend) => {
-            let sym = *externals
-                .entry(name.clone())
-                .or_insert_with(|| add_undefined(b, name));
-            (sym, *addend)
+struct Emitter<'p, 'a> {
+    plan: &'p Plan<'a>,
+    w: Writer,
+    out_sec: HashMap<SectionId, OutSection>,
+    sec_sym: HashMap<SectionId, OutSymbol>,
+    out_sym: HashMap<SymbolId, OutSymbol>,
+    externals: HashMap<String, OutSymbol>,
+}
+
+impl Emitter<'_, '_> {
+    /// Carried sections, each with its section symbol.
+    fn carried_sections(&mut self) {
+        let obj = self.plan.patched;
+        for &id in &self.plan.sections {
+            let s = obj.section(id);
+            let contents = if s.is_nobits() {
+                Contents::Nobits(s.size)
+            } else {
+                Contents::Bytes(s.data.clone())
+            };
+            let o = self.w.add_section(&spec_of(s), contents);
+            self.out_sec.insert(id, o);
+            let sym = self.w.section_symbol(o);
+            self.sec_sym.insert(id, sym);
+        }
+    }
+
+    /// Named symbols of carried sections, plus the stub's aliases.
+    fn carried_symbols(&mut self) {
+        let obj = self.plan.patched;
+        for s in &obj.symbols {
+            let Some(home) = s.section else { continue };
+            if !self.plan.sections.contains(&home)
+                || matches!(s.kind, SymKind::Section | SymKind::File)
+            {
+                continue;
+            }
+            // Local in the module: nothing links to carried code by name
+            // (the stub uses the aliases), and a local name sorts before the
+            // global alias, so stack traces and oopses show the kernel's
+            // name. A global the patch adds stays global: another file of
+            // the patch may use it.
+            let binding = if s.is_global() && self.plan.new_globals.contains(&s.id) {
+                Binding::Global
+            } else {
+                Binding::Local
+            };
+            let o = self.w.add_symbol(
+                &s.name,
+                Some(self.out_sec[&home]),
+                s.value,
+                s.size,
+                binding,
+                s.kind,
+                s.other,
+            );
+            self.out_sym.insert(s.id, o);
+        }
+        for (sym, alias) in &self.plan.aliases {
+            let s = obj.symbol(*sym);
+            self.w.add_symbol(
+                alias,
+                Some(self.out_sec[&s.section.expect("carried")]),
+                s.value,
+                s.size,
+                Binding::Global,
+                SymKind::Func,
+                0,
+            );
+        }
+    }
+
+    /// Relocations of carried sections; one without a target lies in a
+    /// piece nothing carried uses.
+    fn carried_relocations(&mut self) -> Vec<(OutSection, Vec<OutReloc>)> {
+        let obj = self.plan.patched;
+        let mut out = Vec::new();
+        for &id in &self.plan.sections {
+            let mut relocs = Vec::new();
+            for r in &obj.section(id).relocs {
+                let Some(target) = self.plan.targets.get(&(id, r.offset)) else {
+                    continue;
+                };
+                let (symbol, addend) = self.resolve(target);
+                relocs.push(OutReloc {
+                    offset: r.offset,
+                    r_type: r.r_type,
+                    symbol,
+                    addend,
+                });
+            }
+            if !relocs.is_empty() {
+                out.push((self.out_sec[&id], relocs));
+            }
+        }
+        out
+    }
+
+    /// Special sections: their entries point into carried sections only.
+    fn special_sections(&mut self, specials: &[Filtered]) -> Vec<(OutSection, Vec<OutReloc>)> {
+        let obj = self.plan.patched;
+        let mut out = Vec::new();
+        for f in specials {
+            let s = obj.section(f.source);
+            let o = match &f.deferred {
+                // Writable data of its own, named for the stub (jumps.rs).
+                Some(d) => {
+                    let o = self.w.add_section(
+                        &SectionSpec {
+                            name: crate::jumps::table_section(self.plan.unit),
+                            sh_type: SHT_PROGBITS,
+                            flags: SHF_ALLOC | SHF_WRITE,
+                            align: 8,
+                            entsize: 0,
+                        },
+                        Contents::Bytes(f.data.clone()),
+                    );
+                    self.w.add_symbol(
+                        &d.symbol,
+                        Some(o),
+                        0,
+                        f.data.len() as u64,
+                        Binding::Global,
+                        SymKind::Object,
+                        0,
+                    );
+                    o
+                }
+                None => self
+                    .w
+                    .add_section(&spec_of(s), Contents::Bytes(f.data.clone())),
+            };
+            let mut relocs = Vec::with_capacity(f.relocs.len());
+            for &(offset, orig) in &f.relocs {
+                let Some(&r) = s.relocs_in(orig, orig + 1).first() else {
+                    continue;
+                };
+                let Some(target) = self.plan.targets.get(&(f.source, orig)) else {
+                    continue;
+                };
+                let (symbol, addend) = self.resolve(target);
+                relocs.push(OutReloc {
+                    offset,
+                    r_type: r.r_type,
+                    symbol,
+                    addend,
+                });
+            }
+            if !relocs.is_empty() {
+                out.push((o, relocs));
+            }
+        }
+        out
+    }
+
+    /// The output symbol and addend of a planned relocation target.
+    fn resolve(&mut self, target: &Target) -> (OutSymbol, i64) {
+        match target {
+            Target::Symbol(sym, addend) => (self.out_sym[sym], *addend),
+            Target::Section(sec, addend) => (self.sec_sym[sec], *addend),
+            Target::External(name, addend) => {
+                let sym = match self.externals.get(name) {
+                    Some(&s) => s,
+                    None => {
+                        let s = self.w.add_undefined(name);
+                        self.externals.insert(name.clone(), s);
+                        s
+                    }
+                };
+                (sym, *addend)
+            }
         }
     }
 }
 
-fn add_meta(
-    b: &mut Builder<'_>,
-    name: &str,
-    sh_type: elf::SectionType,
-    data: SectionData<'static>,
-) -> OutSection {
-    let s = b.sections.add();
-    s.name = name.as_bytes().to_vec().into();
-    s.sh_type = sh_type;
-    s.sh_addralign = 1;
-    s.data = data;
-    s.id()
-}
-
-fn add_section(
-    b: &mut Builder<'_>,
-    s: &graft_elf::Section,
-    data: SectionData<'static>,
-) -> OutSection {
-    let o = b.sections.add();
-    o.name = s.name.clone().into_bytes().into();
-    o.sh_type = elf::SectionType(s.sh_type);
-    o.sh_flags = elf::SectionFlags(s.flags);
-    o.sh_addralign = s.align.max(1);
-    o.sh_entsize = s.entsize;
-    o.data = data;
-    o.id()
-}
-
-fn add_section_symbol(b: &mut Builder<'_>, section: OutSection) -> OutSymbol {
-    let o = b.symbols.add();
-    o.section = Some(section);
-    o.set_st_info(elf::STB_LOCAL, elf::STT_SECTION);
-    o.id()
-}
-
-fn add_undefined(b: &mut Builder<'_>, name: &str) -> OutSymbol {
-    let o = b.symbols.add();
-    o.name = name.as_bytes().to_vec().into();
-    o.set_st_info(elf::STB_GLOBAL, elf::STT_NOTYPE);
-    o.id()
-}
-
-fn type_of(k: SymKind) -> u8 {
-    match k {
-        SymKind::NoType => elf::STT_NOTYPE.0,
-        SymKind::Object => elf::STT_OBJECT.0,
-        SymKind::Func => elf::STT_FUNC.0,
-        SymKind::Section => elf::STT_SECTION.0,
-        SymKind::File => elf::STT_FILE.0,
-        SymKind::Other(t) => t,
+fn spec_of(s: &graft_elf::Section) -> SectionSpec {
+    SectionSpec {
+        name: s.name.clone(),
+        sh_type: s.sh_type,
+        flags: s.flags,
+        align: s.align,
+        entsize: s.entsize,
     }
 }

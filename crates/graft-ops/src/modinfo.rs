@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 use serde::Serialize;
 
 use crate::error::io;
@@ -75,16 +74,11 @@ impl ModuleInfo {
             path: path.to_owned(),
             what,
         };
-        let file = object::File::parse(data).map_err(|e| not(format!("not an ELF object: {e}")))?;
-        if file.kind() != object::ObjectKind::Relocatable {
-            return Err(not("not a relocatable ELF object".into()));
-        }
-        let sec = file
+        let file = graft_elf::Object::parse(data, path).map_err(|e| not(elf_problem(&e)))?;
+        let raw = &file
             .section_by_name(".modinfo")
-            .ok_or_else(|| not("it has no .modinfo section".into()))?;
-        let raw = sec
-            .data()
-            .map_err(|e| not(format!("unreadable .modinfo: {e}")))?;
+            .ok_or_else(|| not("it has no .modinfo section".into()))?
+            .data;
         let pairs = parse_pairs(raw);
         let get = |k: &str| {
             pairs
@@ -130,17 +124,29 @@ impl ModuleInfo {
 }
 
 /// Modules named by `.klp.rela.<object>.<section>` sections, sorted.
-fn klp_modules(file: &object::File<'_>) -> Vec<String> {
+fn klp_modules(file: &graft_elf::Object) -> Vec<String> {
     let mut v: Vec<String> = file
-        .sections()
+        .sections
+        .iter()
         .filter_map(|s| {
-            let (object, _) = s.name().ok()?.strip_prefix(".klp.rela.")?.split_once('.')?;
+            let (object, _) = s.name.strip_prefix(".klp.rela.")?.split_once('.')?;
             (object != "vmlinux").then(|| object.to_owned())
         })
         .collect();
     v.sort();
     v.dedup();
     v
+}
+
+/// What is wrong with a file that is not a (relocatable ELF) module.
+fn elf_problem(e: &graft_elf::ElfError) -> String {
+    match e {
+        graft_elf::ElfError::NotElf { .. } => "not an ELF object".into(),
+        graft_elf::ElfError::Unsupported { what, .. } => {
+            format!("not a relocatable x86-64 ELF object ({what})")
+        }
+        e => format!("not an ELF object: {e}"),
+    }
 }
 
 /// Names a module's functions go by in stack traces, mapped to the function
@@ -154,19 +160,17 @@ pub fn stack_names(path: &Path) -> Result<Vec<(String, String)>, OpsError> {
 
 /// [`stack_names`] of the module file contents `data` (from `path`).
 pub fn stack_names_of(path: &Path, data: &[u8]) -> Result<Vec<(String, String)>, OpsError> {
-    let file = object::File::parse(data).map_err(|e| OpsError::NotAModule {
+    let file = graft_elf::Object::parse(data, path).map_err(|e| OpsError::NotAModule {
         path: path.to_owned(),
-        what: format!("not an ELF object: {e}"),
+        what: elf_problem(&e),
     })?;
     let mut at: std::collections::BTreeMap<(usize, u64), Vec<String>> = Default::default();
-    for sym in file.symbols() {
-        let (Some(sec), Ok(name)) = (sym.section_index(), sym.name()) else {
-            continue;
-        };
-        if sym.kind() == SymbolKind::Text && !name.is_empty() {
-            at.entry((sec.0, sym.address()))
+    for sym in file.functions() {
+        let Some(sec) = sym.section else { continue };
+        if !sym.name.is_empty() {
+            at.entry((sec.0, sym.value))
                 .or_default()
-                .push(name.to_owned());
+                .push(sym.name.clone());
         }
     }
     let mut v = Vec::new();
@@ -223,7 +227,7 @@ pub fn parse_functions(s: &str) -> Vec<FuncRef> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use object::write;
+    use graft_elf::write::{Contents, SectionSpec, Writer};
 
     /// A relocatable ELF with `.modinfo` holding `entries`, like a module.
     pub fn module_bytes(entries: &[&str], signed: bool) -> Vec<u8> {
@@ -232,26 +236,23 @@ pub(crate) mod tests {
 
     /// The same, with empty sections named `sections` too.
     pub fn module_bytes_with(entries: &[&str], signed: bool, sections: &[&str]) -> Vec<u8> {
-        let mut obj = write::Object::new(
-            object::BinaryFormat::Elf,
-            object::Architecture::X86_64,
-            object::Endianness::Little,
-        );
+        let mut w = Writer::new();
         for name in sections {
-            obj.add_section(
-                Vec::new(),
-                name.as_bytes().to_vec(),
-                object::SectionKind::Data,
+            w.add_section(
+                &SectionSpec::progbits(name, 0x2, 1),
+                Contents::Bytes(Vec::new()),
             );
         }
-        let sec = obj.add_section(Vec::new(), b".modinfo".to_vec(), object::SectionKind::Data);
         let mut data = Vec::new();
         for e in entries {
             data.extend_from_slice(e.as_bytes());
             data.push(0);
         }
-        obj.append_section_data(sec, &data, 1);
-        let mut bytes = obj.write().unwrap();
+        w.add_section(
+            &SectionSpec::progbits(".modinfo", 0x2, 1),
+            Contents::Bytes(data),
+        );
+        let mut bytes = w.write().unwrap();
         if signed {
             bytes.extend_from_slice(b"SIGNATURE");
             bytes.extend_from_slice(SIGNATURE_MARKER);
@@ -301,32 +302,25 @@ pub(crate) mod tests {
 
     #[test]
     fn stack_names_map_aliases_to_functions() {
-        let mut obj = write::Object::new(
-            object::BinaryFormat::Elf,
-            object::Architecture::X86_64,
-            object::Endianness::Little,
+        let mut w = Writer::new();
+        let text = w.add_section(
+            &SectionSpec::progbits(".text.ksys_read", 0x6, 16),
+            Contents::Bytes(vec![0xc3; 16]),
         );
-        let text = obj.add_section(
-            Vec::new(),
-            b".text.ksys_read".to_vec(),
-            object::SectionKind::Text,
-        );
-        obj.append_section_data(text, &[0xc3; 16], 16);
         for name in ["__graft_new_0_0", "ksys_read"] {
-            obj.add_symbol(write::Symbol {
-                name: name.as_bytes().to_vec(),
-                value: 0,
-                size: 16,
-                kind: SymbolKind::Text,
-                scope: object::SymbolScope::Linkage,
-                weak: false,
-                section: write::SymbolSection::Section(text),
-                flags: object::SymbolFlags::None,
-            });
+            w.add_symbol(
+                name,
+                Some(text),
+                0,
+                16,
+                graft_elf::Binding::Global,
+                graft_elf::SymKind::Func,
+                0,
+            );
         }
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("m.ko");
-        std::fs::write(&p, obj.write().unwrap()).unwrap();
+        std::fs::write(&p, w.write().unwrap()).unwrap();
         let mut names = stack_names(&p).unwrap();
         names.sort();
         assert_eq!(
@@ -350,13 +344,12 @@ pub(crate) mod tests {
     fn non_modules_are_refused_clearly() {
         let e = ModuleInfo::parse(Path::new("x.ko"), b"hello").unwrap_err();
         assert!(e.to_string().contains("not an ELF object"), "{e}");
-        let mut obj = write::Object::new(
-            object::BinaryFormat::Elf,
-            object::Architecture::X86_64,
-            object::Endianness::Little,
+        let mut w = Writer::new();
+        w.add_section(
+            &SectionSpec::progbits(".text", 0x6, 16),
+            Contents::Bytes(Vec::new()),
         );
-        obj.add_section(Vec::new(), b".text".to_vec(), object::SectionKind::Text);
-        let e = ModuleInfo::parse(Path::new("x.o"), &obj.write().unwrap()).unwrap_err();
+        let e = ModuleInfo::parse(Path::new("x.o"), &w.write().unwrap()).unwrap_err();
         assert!(e.to_string().contains("no .modinfo"), "{e}");
     }
 }

@@ -9,8 +9,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use object::read::elf::{ElfFile64, SectionHeader as _};
-use object::{Endianness, Object, ObjectSection, ObjectSymbol};
+use graft_elf::exec::Executable;
 
 use crate::embedded::{read_tables, Section};
 use crate::SymbolTable;
@@ -78,37 +77,28 @@ impl KernelImage {
             path: path.to_owned(),
             what,
         };
-        let file = ElfFile64::<Endianness>::parse(&*elf).map_err(|e| bad(e.to_string()))?;
+        let file = Executable::parse(&elf, path).map_err(|e| bad(e.to_string()))?;
         let mut ranges = Vec::new();
         let mut text_start = None;
-        for s in file.sections() {
-            let header = s.elf_section_header();
-            if header.sh_type(file.endian()) == object::elf::SHT_NOBITS || s.address() == 0 {
-                continue;
-            }
-            let Some((off, size)) = s.file_range() else {
+        for s in &file.sections {
+            let Some((off, size)) = s.file_range.filter(|_| s.address != 0) else {
                 continue;
             };
             let (off, size) = (off as usize, size as usize);
-            if off.checked_add(size).is_none_or(|end| end > elf.len()) {
-                return Err(bad(format!(
-                    "section {} lies outside the file",
-                    s.name().unwrap_or("?")
-                )));
-            }
-            if s.name() == Ok(".text") {
-                text_start = Some(s.address());
+            if s.name == ".text" {
+                text_start = Some(s.address);
             }
             ranges.push(Range {
-                addr: s.address(),
+                addr: s.address,
                 bytes: off..off + size,
-                rodata: s.name() == Ok(".rodata"),
+                rodata: s.name == ".rodata",
             });
         }
         let text_start = file
-            .symbols()
-            .find(|s| s.name() == Ok("_text"))
-            .map(|s| s.address())
+            .symbols
+            .iter()
+            .find(|s| s.name == "_text")
+            .map(|s| s.address)
             .or(text_start)
             .ok_or_else(|| bad("no .text section".into()))?;
         Ok(KernelImage {

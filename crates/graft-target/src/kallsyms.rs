@@ -84,45 +84,46 @@ impl SymbolTable {
     /// The symbols of a vmlinux with a symbol table, in address order (the
     /// order kallsyms lists them in).
     fn from_vmlinux(path: &Path, bytes: &[u8]) -> Result<SymbolTable, TargetError> {
-        use object::{Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
+        use graft_elf::SymKind;
         let bad = |what: String| TargetError::Parse {
             path: path.to_owned(),
             line: 0,
             format: "vmlinux",
             text: what,
         };
-        let file = object::File::parse(bytes).map_err(|e| bad(e.to_string()))?;
+        let file =
+            graft_elf::exec::Executable::parse(bytes, path).map_err(|e| bad(e.to_string()))?;
         let mut entries: Vec<KallsymsEntry> = file
-            .symbols()
+            .symbols
+            .iter()
             .filter(|s| {
-                matches!(
-                    s.kind(),
-                    SymbolKind::Text | SymbolKind::Data | SymbolKind::Unknown
-                ) && s.address() != 0
+                matches!(s.kind, SymKind::Func | SymKind::Object | SymKind::NoType)
+                    && s.address != 0
             })
             .filter_map(|s| {
-                let name = s.name().ok()?.to_owned();
-                if name.is_empty() || name.starts_with("__key") {
+                if s.name.is_empty() || s.name.starts_with("__key") {
                     return None;
                 }
-                let section = s
-                    .section_index()
-                    .and_then(|i| file.section_by_index(i).ok());
-                let letter = match section.map(|sec| sec.kind()) {
-                    Some(SectionKind::Text) => 't',
-                    Some(SectionKind::ReadOnlyData | SectionKind::ReadOnlyString) => 'r',
-                    Some(SectionKind::UninitializedData) => 'b',
+                let section = s.section.map(|i| &file.sections[i]);
+                // The letter nm and kallsyms give by the section's kind.
+                let letter = match section {
+                    Some(sec) if sec.file_range.is_none() => 'b',
+                    Some(sec) if sec.is_exec() => 't',
+                    Some(sec) if !sec.is_writable() => 'r',
                     _ => 'd',
                 };
-                let kind = if s.is_global() {
-                    letter.to_ascii_uppercase()
-                } else {
-                    letter
-                };
+                let global = matches!(
+                    s.binding,
+                    graft_elf::Binding::Global | graft_elf::Binding::Weak
+                );
                 Some(KallsymsEntry {
-                    address: s.address(),
-                    kind,
-                    name,
+                    address: s.address,
+                    kind: if global {
+                        letter.to_ascii_uppercase()
+                    } else {
+                        letter
+                    },
+                    name: s.name.clone(),
                     module: None,
                 })
             })
