@@ -88,7 +88,10 @@ pub fn read(ws: &Workspace, target: &Target) -> Result<Vec<Unit>> {
             t.add_module(m);
             t
         });
-        let crcs = graft_diff::Crcs::read_kbuild(&orig_path, &patched_path)?;
+        let crcs = graft_diff::Crcs {
+            orig: graft_kbuild::record::export_crcs(&orig_path)?,
+            patched: graft_kbuild::record::export_crcs(&patched_path)?,
+        };
         out.push(Unit {
             object: obj.clone(),
             orig,

@@ -283,9 +283,9 @@ impl Workspace {
             std::fs::create_dir_all(dst.parent().expect("object path has a directory"))?;
             std::fs::copy(root.join(o), &dst).with_context(|| format!("cannot copy {o}"))?;
             // kbuild's record of the object holds the CRCs of its exports.
-            let record = graft_diff::crc::record_of(&root.join(o));
+            let record = graft_kbuild::record::record_of(&root.join(o));
             if record.is_file() {
-                std::fs::copy(&record, graft_diff::crc::record_of(&dst))
+                std::fs::copy(&record, graft_kbuild::record::record_of(&dst))
                     .with_context(|| format!("cannot copy {}", record.display()))?;
             }
         }

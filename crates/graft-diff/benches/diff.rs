@@ -54,7 +54,10 @@ fn main() {
             let t = Instant::now();
             let opts = Options {
                 layout: Some(&k.layout),
-                crcs: graft_diff::Crcs::read_kbuild(&op, &pp).unwrap(),
+                crcs: graft_diff::Crcs {
+                    orig: graft_kbuild::record::export_crcs(&op).unwrap(),
+                    patched: graft_kbuild::record::export_crcs(&pp).unwrap(),
+                },
                 ..Default::default()
             };
             let d = graft_diff::analyze(&orig, &patched, &opts);

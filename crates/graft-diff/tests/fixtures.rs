@@ -72,7 +72,10 @@ fn run_case(case: &str) -> Vec<String> {
     let never = |_: &str| false;
     let opts = Options {
         layout: Some(&k.layout),
-        crcs: graft_diff::Crcs::read_kbuild(&o.join(&obj), &p.join(&obj)).unwrap(),
+        crcs: graft_diff::Crcs {
+            orig: graft_kbuild::record::export_crcs(&o.join(&obj)).unwrap(),
+            patched: graft_kbuild::record::export_crcs(&p.join(&obj)).unwrap(),
+        },
         module,
         vmlinux_has: Some(&never),
         ..Default::default()

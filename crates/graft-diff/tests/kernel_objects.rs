@@ -27,7 +27,10 @@ fn diff_patch_objects(patch: &str, object: &str) -> (Object, Object, graft_diff:
     graft_diff::split::split_shared_sections(&mut patched).unwrap();
     let opts = Options {
         layout: Some(&k.layout),
-        crcs: graft_diff::Crcs::read_kbuild(&o.join(object), &p.join(object)).unwrap(),
+        crcs: graft_diff::Crcs {
+            orig: graft_kbuild::record::export_crcs(&o.join(object)).unwrap(),
+            patched: graft_kbuild::record::export_crcs(&p.join(object)).unwrap(),
+        },
         ..Default::default()
     };
     let d = graft_diff::analyze(&orig, &patched, &opts);

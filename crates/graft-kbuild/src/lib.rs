@@ -16,6 +16,7 @@ pub mod module;
 pub mod patch;
 pub mod prepare;
 pub mod probe;
+pub mod record;
 pub mod tree;
 
 use std::path::PathBuf;

@@ -63,7 +63,10 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     }
     let opts = graft_diff::Options {
         layout: layout.as_ref(),
-        crcs: graft_diff::Crcs::read_kbuild(&a.orig, &a.patched)?,
+        crcs: graft_diff::Crcs {
+            orig: graft_kbuild::record::export_crcs(&a.orig)?,
+            patched: graft_kbuild::record::export_crcs(&a.patched)?,
+        },
         ..Default::default()
     };
     let d = graft_diff::analyze(&orig, &patched, &opts);

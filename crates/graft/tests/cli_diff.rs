@@ -135,8 +135,8 @@ fn diff_reports_verdicts_refusals_and_crc_records() {
     );
 
     // kbuild's records next to the objects: a changed CRC is refused...
-    std::fs::write(graft_diff::crc::record_of(&o), "#SYMVER f 0x1\n").unwrap();
-    std::fs::write(graft_diff::crc::record_of(&p), "#SYMVER f 0x2\n").unwrap();
+    std::fs::write(graft_kbuild::record::record_of(&o), "#SYMVER f 0x1\n").unwrap();
+    std::fs::write(graft_kbuild::record::record_of(&p), "#SYMVER f 0x2\n").unwrap();
     let out = diff(&[&"--layout", &layout, &o, &p]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(
@@ -146,8 +146,8 @@ fn diff_reports_verdicts_refusals_and_crc_records() {
     );
     // ...and one that cannot be read stops the diff instead of turning the
     // rule off.
-    std::fs::remove_file(graft_diff::crc::record_of(&p)).unwrap();
-    std::fs::create_dir(graft_diff::crc::record_of(&p)).unwrap();
+    std::fs::remove_file(graft_kbuild::record::record_of(&p)).unwrap();
+    std::fs::create_dir(graft_kbuild::record::record_of(&p)).unwrap();
     let out = diff(&[&"--layout", &layout, &o, &p]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);

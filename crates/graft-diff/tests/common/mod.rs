@@ -178,7 +178,7 @@ impl Kernel {
         std::io::Write::write_all(gk.stdin.as_mut().unwrap(), &cpp.stdout).unwrap();
         drop(gk.stdin.take());
         let res = gk.wait_with_output().unwrap();
-        std::fs::write(graft_diff::crc::record_of(out), &res.stdout).unwrap();
+        std::fs::write(graft_kbuild::record::record_of(out), &res.stdout).unwrap();
     }
 
     /// Compiles the kernel objects `objects` before and after `patch` in
@@ -200,9 +200,9 @@ impl Kernel {
                 let dst = to.join(o);
                 std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
                 std::fs::copy(mirror.root.join(o), &dst).unwrap();
-                let rec = graft_diff::crc::record_of(&mirror.root.join(o));
+                let rec = graft_kbuild::record::record_of(&mirror.root.join(o));
                 if rec.is_file() {
-                    std::fs::copy(rec, graft_diff::crc::record_of(&dst)).unwrap();
+                    std::fs::copy(rec, graft_kbuild::record::record_of(&dst)).unwrap();
                 }
             }
         };
