@@ -334,7 +334,7 @@ fn to_verify(orig: &Object, patched: &Object, d: &ObjectDiff) -> Vec<SymbolId> {
         .collect();
     // What carried code reaches, as the differ resolves it (decoded
     // instruction targets, not assumed addends).
-    let refs = graft_diff::correlate::references(patched, &graft_diff::code::CodeMap::new(patched));
+    let refs = &d.references;
     let same_twin: BTreeMap<SymbolId, SymbolId> = d
         .functions
         .iter()

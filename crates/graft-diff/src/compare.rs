@@ -86,7 +86,11 @@ pub fn normalize(obj: &Object, reloc: &Reloc, base: u64) -> NormReloc {
 /// One build's object with what the comparison needs to know about it.
 pub struct Side<'a> {
     pub obj: &'a Object,
-    pub code: CodeMap,
+    /// Instruction boundaries, decoded once for every pass (and kept in the
+    /// diff's result for planning and verification).
+    pub code: std::sync::Arc<CodeMap>,
+    /// What each symbol refers to, in relocation order.
+    pub refs: std::sync::Arc<HashMap<SymbolId, Vec<SymbolId>>>,
     pub tables: Vec<TableEntries>,
     /// Tables graft could not cut (no layout, malformed), by section.
     pub table_errors: Vec<(SectionId, special::TableError)>,
@@ -130,9 +134,11 @@ impl<'a> Side<'a> {
                 }
             }
         }
+        let refs = std::sync::Arc::new(crate::correlate::references(obj, &code));
         Side {
             obj,
-            code,
+            code: std::sync::Arc::new(code),
+            refs,
             tables,
             table_errors,
             entries_of,

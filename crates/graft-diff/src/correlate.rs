@@ -140,7 +140,14 @@ pub fn references(obj: &Object, code: &CodeMap) -> HashMap<SymbolId, Vec<SymbolI
     out
 }
 
-pub fn correlate(orig: &Object, patched: &Object, oc: &CodeMap, pc: &CodeMap) -> Twins {
+/// Pairs the symbols of `orig` and `patched`, given what each symbol of
+/// either refers to ([`references`]).
+pub fn correlate(
+    orig: &Object,
+    patched: &Object,
+    o_refs: &HashMap<SymbolId, Vec<SymbolId>>,
+    p_refs: &HashMap<SymbolId, Vec<SymbolId>>,
+) -> Twins {
     let mut t = Twins {
         patched_to_orig: HashMap::new(),
         orig_to_patched: HashMap::new(),
@@ -170,8 +177,6 @@ pub fn correlate(orig: &Object, patched: &Object, oc: &CodeMap, pc: &CodeMap) ->
         }
     }
 
-    let o_refs = references(orig, oc);
-    let p_refs = references(patched, pc);
     let users = |refs: &HashMap<SymbolId, Vec<SymbolId>>| {
         let mut u: HashMap<SymbolId, HashSet<SymbolId>> = HashMap::new();
         for (user, targets) in refs {
@@ -181,8 +186,8 @@ pub fn correlate(orig: &Object, patched: &Object, oc: &CodeMap, pc: &CodeMap) ->
         }
         u
     };
-    let o_users = users(&o_refs);
-    let p_users = users(&p_refs);
+    let o_users = users(o_refs);
+    let p_users = users(p_refs);
     let mut distinct: HashSet<(SymbolId, SymbolId)> = HashSet::new();
 
     loop {
@@ -226,7 +231,7 @@ pub fn correlate(orig: &Object, patched: &Object, oc: &CodeMap, pc: &CodeMap) ->
         // 3. Votes of twin users.
         let mut votes_o: HashMap<SymbolId, HashSet<SymbolId>> = HashMap::new();
         let mut votes_p: HashMap<SymbolId, HashSet<SymbolId>> = HashMap::new();
-        for (&p_user, p_targets) in &p_refs {
+        for (&p_user, p_targets) in p_refs {
             let Some(o_user) = t.orig_of(p_user) else {
                 continue;
             };

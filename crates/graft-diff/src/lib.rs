@@ -133,6 +133,12 @@ pub struct ObjectDiff {
     /// The entry layouts the diff was made with (for rebuilding tables).
     #[serde(skip)]
     pub layout: Layout,
+    /// The patched object's decoded code and references, as the diff used
+    /// them: planning and verification reuse them.
+    #[serde(skip)]
+    pub code: std::sync::Arc<code::CodeMap>,
+    #[serde(skip)]
+    pub references: std::sync::Arc<HashMap<SymbolId, Vec<SymbolId>>>,
 }
 
 impl ObjectDiff {
@@ -232,7 +238,7 @@ pub fn analyze(orig: &Object, patched: &Object, opts: &Options<'_>) -> ObjectDif
     let layout = opts.layout.unwrap_or(&empty);
     let o_side = Side::new(orig, layout, false);
     let p_side = Side::new(patched, layout, true);
-    let twins = correlate::correlate(orig, patched, &o_side.code, &p_side.code);
+    let twins = correlate::correlate(orig, patched, &o_side.refs, &p_side.refs);
     let ctx = Ctx {
         orig: o_side,
         patched: p_side,
@@ -253,6 +259,8 @@ pub fn analyze(orig: &Object, patched: &Object, opts: &Options<'_>) -> ObjectDif
         refusals: Vec::new(),
         shared_state: Vec::new(),
         layout: layout.clone(),
+        code: ctx.patched.code.clone(),
+        references: ctx.patched.refs.clone(),
     };
     for id in correlate::pairable(patched) {
         let s = patched.symbol(id);
@@ -473,9 +481,9 @@ fn first_insn(ctx: &Ctx<'_>, o: SymbolId, p: SymbolId, offset: u64) -> Option<In
 /// otherwise), unless the author marked it ignored.
 fn promote_constants(ctx: &Ctx<'_>, out: &mut ObjectDiff, ignored: &BTreeSet<SymbolId>) {
     let patched = ctx.patched.obj;
-    let refs = correlate::references(patched, &ctx.patched.code);
+    let refs: &HashMap<SymbolId, Vec<SymbolId>> = &ctx.patched.refs;
     let mut users: HashMap<SymbolId, Vec<SymbolId>> = HashMap::new();
-    for (u, ts) in &refs {
+    for (u, ts) in refs {
         for t in ts {
             users.entry(*t).or_default().push(*u);
         }

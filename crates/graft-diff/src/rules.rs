@@ -256,7 +256,7 @@ impl Refuser<'_, '_> {
         let (ctx, diff) = (self.ctx, self.diff);
         let patched = ctx.patched.obj;
         let refuse = |s: &str, r: Rule| self.refuse(s, r);
-        let refs = crate::correlate::references(patched, &ctx.patched.code);
+        let refs = &ctx.patched.refs;
         for c in diff
             .data
             .iter()
@@ -439,8 +439,7 @@ impl Refuser<'_, '_> {
 /// run-pre verification matches against the kernel (a cold part is reached
 /// through its parent).
 pub fn shared_state(ctx: &Ctx<'_>, diff: &ObjectDiff) -> Vec<crate::SharedState> {
-    let patched = ctx.patched.obj;
-    let refs = crate::correlate::references(patched, &ctx.patched.code);
+    let refs = &ctx.patched.refs;
     let mut out: Vec<crate::SharedState> = Vec::new();
     for c in diff.included_functions().filter(|c| !is_part(&c.name)) {
         for t in refs.get(&c.symbol).into_iter().flatten() {

@@ -122,7 +122,8 @@ struct Planner<'a, 'd, 'r> {
     diff: &'d ObjectDiff,
     resolver: &'r Resolver<'r>,
     object: String,
-    code: CodeMap,
+    /// The differ's decoding of the patched object.
+    code: std::sync::Arc<CodeMap>,
     /// The name the running kernel knows each paired symbol by.
     kernel_names: HashMap<SymbolId, String>,
     /// Data the module carries as soon as carried code uses it.
@@ -165,7 +166,7 @@ impl<'a, 'd, 'r> Planner<'a, 'd, 'r> {
                 .collect(),
         };
         let object = plan.object_name();
-        let code = CodeMap::new(patched);
+        let code = diff.code.clone();
         let piece_sections: BTreeSet<SectionId> = patched
             .sections
             .iter()
