@@ -141,58 +141,106 @@ pub fn references(obj: &Object, code: &CodeMap) -> HashMap<SymbolId, Vec<SymbolI
 }
 
 /// Pairs the symbols of `orig` and `patched`, given what each symbol of
-/// either refers to ([`references`]).
+/// either refers to ([`references`]): names first, then normalized names
+/// and users' votes in turn until nothing new pairs; what stays undecided
+/// is recorded as ambiguous.
 pub fn correlate(
     orig: &Object,
     patched: &Object,
     o_refs: &HashMap<SymbolId, Vec<SymbolId>>,
     p_refs: &HashMap<SymbolId, Vec<SymbolId>>,
 ) -> Twins {
-    let mut t = Twins {
-        patched_to_orig: HashMap::new(),
-        orig_to_patched: HashMap::new(),
-        ambiguous: Vec::new(),
+    let mut c = Correlator {
+        orig,
+        patched,
+        o_refs,
+        p_refs,
+        t: Twins {
+            patched_to_orig: HashMap::new(),
+            orig_to_patched: HashMap::new(),
+            ambiguous: Vec::new(),
+        },
+        o_syms: pairable(orig),
+        p_syms: pairable(patched),
+        o_users: users(o_refs),
+        p_users: users(p_refs),
+        distinct: HashSet::new(),
     };
-    let o_syms = pairable(orig);
-    let p_syms = pairable(patched);
-    let is_func = |obj: &Object, id: SymbolId| obj.symbol(id).kind == SymKind::Func;
-
-    // 1. Names without compiler numbers.
-    let mut by_name: HashMap<(&str, bool), SymbolId> = HashMap::new();
-    for &o in &o_syms {
-        let s = orig.symbol(o);
-        if !family(&s.name).numbered {
-            by_name.insert((&s.name, is_func(orig, o)), o);
-        }
-    }
-    for &p in &p_syms {
-        let s = patched.symbol(p);
-        if family(&s.name).numbered {
-            continue;
-        }
-        if let Some(&o) = by_name.get(&(s.name.as_str(), is_func(patched, p))) {
-            if t.patched_of(o).is_none() {
-                t.pair(o, p, Strategy::Name);
-            }
-        }
-    }
-
-    let users = |refs: &HashMap<SymbolId, Vec<SymbolId>>| {
-        let mut u: HashMap<SymbolId, HashSet<SymbolId>> = HashMap::new();
-        for (user, targets) in refs {
-            for x in targets {
-                u.entry(*x).or_default().insert(*user);
-            }
-        }
-        u
-    };
-    let o_users = users(o_refs);
-    let p_users = users(p_refs);
-    let mut distinct: HashSet<(SymbolId, SymbolId)> = HashSet::new();
-
+    c.by_name();
     loop {
-        let before = t.patched_to_orig.len();
-        // 2. Normalized names, unique families, users permitting.
+        let before = c.t.patched_to_orig.len();
+        let fams = c.by_family();
+        let votes_p = c.by_votes();
+        if c.t.patched_to_orig.len() == before {
+            c.record_undecided(&fams, &votes_p);
+            return c.t;
+        }
+    }
+}
+
+/// Who refers to each symbol.
+fn users(refs: &HashMap<SymbolId, Vec<SymbolId>>) -> HashMap<SymbolId, HashSet<SymbolId>> {
+    let mut u: HashMap<SymbolId, HashSet<SymbolId>> = HashMap::new();
+    for (user, targets) in refs {
+        for x in targets {
+            u.entry(*x).or_default().insert(*user);
+        }
+    }
+    u
+}
+
+fn is_func(obj: &Object, id: SymbolId) -> bool {
+    obj.symbol(id).kind == SymKind::Func
+}
+
+/// Unpaired symbols by (family key, is a function): (originals, patched).
+type Families = BTreeMap<(String, bool), (Vec<SymbolId>, Vec<SymbolId>)>;
+
+struct Correlator<'a> {
+    orig: &'a Object,
+    patched: &'a Object,
+    o_refs: &'a HashMap<SymbolId, Vec<SymbolId>>,
+    p_refs: &'a HashMap<SymbolId, Vec<SymbolId>>,
+    t: Twins,
+    o_syms: Vec<SymbolId>,
+    p_syms: Vec<SymbolId>,
+    o_users: HashMap<SymbolId, HashSet<SymbolId>>,
+    p_users: HashMap<SymbolId, HashSet<SymbolId>>,
+    /// Family pairs whose users show they are different variables.
+    distinct: HashSet<(SymbolId, SymbolId)>,
+}
+
+impl Correlator<'_> {
+    /// Strategy 1, names without compiler numbers.
+    fn by_name(&mut self) {
+        let (orig, patched, t) = (self.orig, self.patched, &mut self.t);
+        let (o_syms, p_syms) = (&self.o_syms, &self.p_syms);
+        let mut by_name: HashMap<(&str, bool), SymbolId> = HashMap::new();
+        for &o in o_syms {
+            let s = orig.symbol(o);
+            if !family(&s.name).numbered {
+                by_name.insert((&s.name, is_func(orig, o)), o);
+            }
+        }
+        for &p in p_syms {
+            let s = patched.symbol(p);
+            if family(&s.name).numbered {
+                continue;
+            }
+            if let Some(&o) = by_name.get(&(s.name.as_str(), is_func(patched, p))) {
+                if t.patched_of(o).is_none() {
+                    t.pair(o, p, Strategy::Name);
+                }
+            }
+        }
+    }
+
+    /// Strategy 2, normalized names: a family with one unpaired member on each side
+    /// pairs, unless their users show they are different variables.
+    fn by_family(&mut self) -> Families {
+        let (orig, patched, t) = (self.orig, self.patched, &mut self.t);
+        let (o_syms, p_syms) = (&self.o_syms, &self.p_syms);
+        let (o_users, p_users, distinct) = (&self.o_users, &self.p_users, &mut self.distinct);
         let mut fams: BTreeMap<(String, bool), (Vec<SymbolId>, Vec<SymbolId>)> = BTreeMap::new();
         for &o in o_syms.iter().filter(|o| t.patched_of(**o).is_none()) {
             let f = family(&orig.symbol(o).name);
@@ -228,7 +276,15 @@ pub fn correlate(
             }
         }
 
-        // 3. Votes of twin users.
+        fams
+    }
+
+    /// Strategy 3, votes of twin users: the k-th reference to a family in the
+    /// original is the k-th in the patched build. Returns the votes each
+    /// patched symbol got.
+    fn by_votes(&mut self) -> HashMap<SymbolId, HashSet<SymbolId>> {
+        let (orig, patched, t) = (self.orig, self.patched, &mut self.t);
+        let (o_refs, p_refs) = (self.o_refs, self.p_refs);
         let mut votes_o: HashMap<SymbolId, HashSet<SymbolId>> = HashMap::new();
         let mut votes_p: HashMap<SymbolId, HashSet<SymbolId>> = HashMap::new();
         for (&p_user, p_targets) in p_refs {
@@ -273,53 +329,56 @@ pub fn correlate(
                 t.pair(*o, p, Strategy::Users);
             }
         }
-        if t.patched_to_orig.len() == before {
-            // Record what stays undecided.
-            for (p, os) in &votes_p {
-                if t.orig_of(*p).is_none() && os.len() > 1 {
-                    let mut os: Vec<SymbolId> = os.iter().copied().collect();
-                    os.sort();
+        votes_p
+    }
+
+    /// What stays undecided: conflicting votes, or a family present on
+    /// both sides with no evidence either way.
+    fn record_undecided(
+        &mut self,
+        fams: &Families,
+        votes_p: &HashMap<SymbolId, HashSet<SymbolId>>,
+    ) {
+        let (patched, t, distinct) = (self.patched, &mut self.t, &self.distinct);
+        for (p, os) in votes_p {
+            if t.orig_of(*p).is_none() && os.len() > 1 {
+                let mut os: Vec<SymbolId> = os.iter().copied().collect();
+                os.sort();
+                t.ambiguous.push((
+                    *p,
+                    os,
+                    "functions that use it disagree about which original it is".into(),
+                ));
+            }
+        }
+        for (os, ps) in fams.values() {
+            let os: Vec<SymbolId> = os
+                .iter()
+                .copied()
+                .filter(|o| t.patched_of(*o).is_none())
+                .collect();
+            let ps: Vec<SymbolId> = ps
+                .iter()
+                .copied()
+                .filter(|p| t.orig_of(*p).is_none())
+                .collect();
+            for p in &ps {
+                let candidates: Vec<SymbolId> = os
+                    .iter()
+                    .copied()
+                    .filter(|o| !distinct.contains(&(*o, *p)))
+                    .collect();
+                // Identity-free data is compared by content instead.
+                let named = family(&patched.symbol(*p).name).numbered
+                    && !crate::names::identity_free(crate::names::hidden_of(patched, *p));
+                if named && !candidates.is_empty() && !t.ambiguous.iter().any(|(a, _, _)| a == p) {
                     t.ambiguous.push((
                         *p,
-                        os,
-                        "functions that use it disagree about which original it is".into(),
+                        candidates,
+                        "no function that uses it tells which original it is".into(),
                     ));
                 }
             }
-            for (os, ps) in fams.values() {
-                let os: Vec<SymbolId> = os
-                    .iter()
-                    .copied()
-                    .filter(|o| t.patched_of(*o).is_none())
-                    .collect();
-                let ps: Vec<SymbolId> = ps
-                    .iter()
-                    .copied()
-                    .filter(|p| t.orig_of(*p).is_none())
-                    .collect();
-                for p in &ps {
-                    let candidates: Vec<SymbolId> = os
-                        .iter()
-                        .copied()
-                        .filter(|o| !distinct.contains(&(*o, *p)))
-                        .collect();
-                    // Identity-free data is compared by content instead.
-                    let named = family(&patched.symbol(*p).name).numbered
-                        && !crate::names::identity_free(crate::names::hidden_of(patched, *p));
-                    if named
-                        && !candidates.is_empty()
-                        && !t.ambiguous.iter().any(|(a, _, _)| a == p)
-                    {
-                        t.ambiguous.push((
-                            *p,
-                            candidates,
-                            "no function that uses it tells which original it is".into(),
-                        ));
-                    }
-                }
-            }
-            break;
         }
     }
-    t
 }

@@ -53,6 +53,24 @@ impl Cut {
 /// Returns how many sections were split.
 pub fn split_shared_sections(obj: &mut Object) -> Result<usize, SplitError> {
     let code = CodeMap::new(obj);
+    let mut cuts = find_cuts(obj);
+    if cuts.is_empty() {
+        return Ok(0);
+    }
+    assign_ids(obj, &mut cuts);
+    retarget_references(obj, &cuts, &code);
+    let branches = branches_between_pieces(obj, &cuts)?;
+    make_pieces(obj, &mut cuts);
+    add_branch_relocations(obj, &cuts, branches);
+    Ok(cuts.len())
+}
+
+/// A resolved branch between two pieces: (cut, field offset in the
+/// section, target offset, instruction end).
+type Branch = (usize, u64, u64, u64);
+
+/// The sections to cut, and where: at every function start.
+fn find_cuts(obj: &Object) -> Vec<Cut> {
     let mut cuts: Vec<Cut> = Vec::new();
     for s in obj
         .sections
@@ -78,18 +96,14 @@ pub fn split_shared_sections(obj: &mut Object) -> Result<usize, SplitError> {
             symbols: Vec::new(),
         });
     }
-    if cuts.is_empty() {
-        return Ok(0);
-    }
-    let cut_of: HashMap<SectionId, usize> = cuts
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.section, i))
-        .collect();
-    // Ids of the pieces and of their section symbols, decided up front so
-    // that references can point at them before the pieces exist.
+    cuts
+}
+
+/// Ids of the pieces and of their section symbols, decided up front so
+/// that references can point at them before the pieces exist.
+fn assign_ids(obj: &Object, cuts: &mut [Cut]) {
     let (mut next_section, mut next_symbol) = (obj.sections.len(), obj.symbols.len());
-    for c in &mut cuts {
+    for c in cuts.iter_mut() {
         let own = obj
             .symbols
             .iter()
@@ -111,9 +125,16 @@ pub fn split_shared_sections(obj: &mut Object) -> Result<usize, SplitError> {
             });
         }
     }
+}
 
-    // Every reference through a split section's symbol, resolved against
-    // the section as it is now: (section, relocation index) → (cut, piece).
+/// Every reference through a split section's symbol, resolved against the
+/// section as it is now, points at the piece it reaches.
+fn retarget_references(obj: &mut Object, cuts: &[Cut], code: &CodeMap) {
+    let cut_of: HashMap<SectionId, usize> = cuts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.section, i))
+        .collect();
     let mut retarget: Vec<(SectionId, usize, SymbolId, i64)> = Vec::new();
     for s in &obj.sections {
         for (ri, r) in s.relocs.iter().enumerate() {
@@ -137,9 +158,12 @@ pub fn split_shared_sections(obj: &mut Object) -> Result<usize, SplitError> {
         r.symbol = symbol;
         r.addend = addend;
     }
-    // Branches the assembler resolved between two pieces: (cut, field
-    // offset in the section, target offset, instruction end).
-    let mut branches: Vec<(usize, u64, u64, u64)> = Vec::new();
+}
+
+/// Branches the assembler resolved between two pieces (a short one cannot
+/// become a relocation: refused).
+fn branches_between_pieces(obj: &Object, cuts: &[Cut]) -> Result<Vec<Branch>, SplitError> {
+    let mut branches: Vec<Branch> = Vec::new();
     for (ci, c) in cuts.iter().enumerate() {
         let s = obj.section(c.section);
         let mut d = Decoder::with_ip(64, &s.data, 0, DecoderOptions::NONE);
@@ -175,8 +199,12 @@ pub fn split_shared_sections(obj: &mut Object) -> Result<usize, SplitError> {
         }
     }
 
-    // Make the pieces: the original section keeps the first.
-    for c in &mut cuts {
+    Ok(branches)
+}
+
+/// The pieces: sections, section symbols, relocations and symbols moved.
+fn make_pieces(obj: &mut Object, cuts: &mut [Cut]) {
+    for c in cuts.iter_mut() {
         let base = obj.section(c.section).clone();
         let name_at = |start: u64| -> String {
             obj.symbols
@@ -243,7 +271,10 @@ pub fn split_shared_sections(obj: &mut Object) -> Result<usize, SplitError> {
             }
         }
     }
-    // In-place branches between pieces become relocations.
+}
+
+/// In-place branches between pieces become relocations.
+fn add_branch_relocations(obj: &mut Object, cuts: &[Cut], branches: Vec<Branch>) {
     for (ci, field, to, end) in branches {
         let c = &cuts[ci];
         let (from_piece, to_piece) = (c.piece_of(field), c.piece_of(to));
@@ -257,10 +288,9 @@ pub fn split_shared_sections(obj: &mut Object) -> Result<usize, SplitError> {
         let relocs = &mut obj.sections[c.pieces[from_piece].0].relocs;
         relocs.push(r);
     }
-    for c in &cuts {
+    for c in cuts {
         for p in &c.pieces {
             obj.sections[p.0].relocs.sort_by_key(|r| r.offset);
         }
     }
-    Ok(cuts.len())
 }
