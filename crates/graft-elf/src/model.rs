@@ -152,155 +152,11 @@ impl Object {
             path: path.to_owned(),
             what: what.to_string(),
         };
-        if data.len() < 16 || &data[..4] != b"\x7fELF" {
-            return Err(ElfError::NotElf {
-                path: path.to_owned(),
-            });
-        }
-        if data[4] != elf::ELFCLASS64.0 || data[5] != elf::ELFDATA2LSB.0 {
-            return Err(ElfError::Unsupported {
-                path: path.to_owned(),
-                what: "not 64-bit little-endian".into(),
-            });
-        }
-        let header = elf::FileHeader64::<Endianness>::parse(data).map_err(|e| malformed(&e))?;
-        let endian = header.endian().map_err(|e| malformed(&e))?;
-        if header.e_machine(endian) != elf::EM_X86_64 {
-            return Err(ElfError::Unsupported {
-                path: path.to_owned(),
-                what: format!("machine {}", header.e_machine(endian).0),
-            });
-        }
-        if header.e_type(endian) != elf::ET_REL {
-            return Err(ElfError::Unsupported {
-                path: path.to_owned(),
-                what: "not a relocatable object".into(),
-            });
-        }
+        let (header, endian) = parse_header(data, path)?;
         let table = header.sections(endian, data).map_err(|e| malformed(&e))?;
-        let mut sections = Vec::with_capacity(table.len());
-        for (index, sh) in table.enumerate() {
-            let name = table.section_name(endian, sh).map_err(|e| malformed(&e))?;
-            let nobits = sh.sh_type(endian) == elf::SHT_NOBITS;
-            let bytes = if nobits || index.0 == 0 {
-                &[][..]
-            } else {
-                sh.data(endian, data).map_err(|e| {
-                    malformed(&format_args!(
-                        "section {}: {e}",
-                        String::from_utf8_lossy(name)
-                    ))
-                })?
-            };
-            sections.push(Section {
-                id: SectionId(index.0),
-                name: String::from_utf8_lossy(name).into_owned(),
-                sh_type: sh.sh_type(endian).0,
-                flags: sh.sh_flags(endian).0,
-                align: sh.sh_addralign(endian),
-                entsize: sh.sh_entsize(endian),
-                size: sh.sh_size(endian),
-                data: bytes.to_vec(),
-                relocs: Vec::new(),
-                rela: None,
-            });
-        }
-
-        let symtab = table
-            .symbols(endian, data, elf::SHT_SYMTAB)
-            .map_err(|e| malformed(&e))?;
-        let mut symbols = Vec::with_capacity(symtab.len());
-        for (index, sym) in symtab.enumerate() {
-            let name = symtab.symbol_name(endian, sym).map_err(|e| malformed(&e))?;
-            let section = symtab
-                .symbol_section(endian, sym, index)
-                .map_err(|e| malformed(&e))?
-                .map(|s| SectionId(s.0));
-            if let Some(s) = section {
-                if s.0 >= sections.len() {
-                    return Err(malformed(&format_args!(
-                        "symbol {index} names section {} of {}",
-                        s.0,
-                        sections.len()
-                    )));
-                }
-            }
-            let kind = match sym.st_type() {
-                elf::STT_NOTYPE => SymKind::NoType,
-                elf::STT_OBJECT => SymKind::Object,
-                elf::STT_FUNC => SymKind::Func,
-                elf::STT_SECTION => SymKind::Section,
-                elf::STT_FILE => SymKind::File,
-                other => SymKind::Other(other.0),
-            };
-            let binding = match sym.st_bind() {
-                elf::STB_LOCAL => Binding::Local,
-                elf::STB_GLOBAL => Binding::Global,
-                elf::STB_WEAK => Binding::Weak,
-                other => Binding::Other(other.0),
-            };
-            let mut name = String::from_utf8_lossy(name).into_owned();
-            if kind == SymKind::Section {
-                if let Some(s) = section {
-                    name = sections[s.0].name.clone();
-                }
-            }
-            symbols.push(Symbol {
-                id: SymbolId(index.0),
-                name,
-                kind,
-                binding,
-                section,
-                shndx: sym.st_shndx(endian).0,
-                value: sym.st_value(endian),
-                size: sym.st_size(endian),
-                other: sym.st_other().0,
-            });
-        }
-
-        for (index, sh) in table.enumerate() {
-            // livepatch's own relocation sections are not the linker's or the
-            // loader's: they are applied later, by livepatch, and are read as
-            // sections (graft-elf's klp module), not as the target's relocations.
-            if sh.sh_type(endian) != elf::SHT_RELA
-                || sh.sh_flags(endian).0 & crate::klp::SHF_RELA_LIVEPATCH != 0
-            {
-                continue;
-            }
-            let target = sh.sh_info(endian) as usize;
-            if target == 0 || target >= sections.len() {
-                return Err(malformed(&format_args!(
-                    "relocation section {} targets section {target}",
-                    sections[index.0].name
-                )));
-            }
-            let relas = sh
-                .data_as_array::<elf::Rela64<Endianness>, _>(endian, data)
-                .map_err(|e| malformed(&e))?;
-            let mut relocs = Vec::with_capacity(relas.len());
-            for rela in relas {
-                let sym = rela.r_sym(endian, false) as usize;
-                if sym >= symbols.len() {
-                    return Err(malformed(&format_args!(
-                        "relocation in {} names symbol {sym} of {}",
-                        sections[index.0].name,
-                        symbols.len()
-                    )));
-                }
-                relocs.push(Reloc {
-                    offset: rela.r_offset(endian),
-                    r_type: rela.r_type(endian, false).0,
-                    symbol: SymbolId(sym),
-                    addend: rela.r_addend(endian),
-                });
-            }
-            let t = &mut sections[target];
-            // A target may have more than one relocation section.
-            t.relocs.extend(relocs);
-            t.relocs.sort_by_key(|r| r.offset);
-            t.rela = Some(SectionId(index.0));
-        }
-
+        let mut sections = read_sections(&table, endian, data, path)?;
+        let symbols = read_symbols(&table, endian, data, path, &sections)?;
+        read_relocations(&table, endian, data, path, &mut sections, symbols.len())?;
         Ok(Object {
             path: path.to_owned(),
             sections,
@@ -374,6 +230,203 @@ impl Object {
             None
         }
     }
+}
+
+type Elf64 = elf::FileHeader64<Endianness>;
+type SectionTable<'d> = object::read::elf::SectionTable<'d, Elf64>;
+
+fn malformed_at(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> ElfError + '_ {
+    move |what| ElfError::Malformed {
+        path: path.to_owned(),
+        what: what.to_string(),
+    }
+}
+
+/// The ELF header of a 64-bit little-endian x86-64 relocatable object.
+fn parse_header<'d>(data: &'d [u8], path: &Path) -> Result<(&'d Elf64, Endianness), ElfError> {
+    let malformed = malformed_at(path);
+    if data.len() < 16 || &data[..4] != b"\x7fELF" {
+        return Err(ElfError::NotElf {
+            path: path.to_owned(),
+        });
+    }
+    if data[4] != elf::ELFCLASS64.0 || data[5] != elf::ELFDATA2LSB.0 {
+        return Err(ElfError::Unsupported {
+            path: path.to_owned(),
+            what: "not 64-bit little-endian".into(),
+        });
+    }
+    let header = elf::FileHeader64::<Endianness>::parse(data).map_err(|e| malformed(&e))?;
+    let endian = header.endian().map_err(|e| malformed(&e))?;
+    if header.e_machine(endian) != elf::EM_X86_64 {
+        return Err(ElfError::Unsupported {
+            path: path.to_owned(),
+            what: format!("machine {}", header.e_machine(endian).0),
+        });
+    }
+    if header.e_type(endian) != elf::ET_REL {
+        return Err(ElfError::Unsupported {
+            path: path.to_owned(),
+            what: "not a relocatable object".into(),
+        });
+    }
+    Ok((header, endian))
+}
+
+fn read_sections(
+    table: &SectionTable<'_>,
+    endian: Endianness,
+    data: &[u8],
+    path: &Path,
+) -> Result<Vec<Section>, ElfError> {
+    let malformed = malformed_at(path);
+    let mut sections = Vec::with_capacity(table.len());
+    for (index, sh) in table.enumerate() {
+        let name = table.section_name(endian, sh).map_err(|e| malformed(&e))?;
+        let nobits = sh.sh_type(endian) == elf::SHT_NOBITS;
+        let bytes = if nobits || index.0 == 0 {
+            &[][..]
+        } else {
+            sh.data(endian, data).map_err(|e| {
+                malformed(&format_args!(
+                    "section {}: {e}",
+                    String::from_utf8_lossy(name)
+                ))
+            })?
+        };
+        sections.push(Section {
+            id: SectionId(index.0),
+            name: String::from_utf8_lossy(name).into_owned(),
+            sh_type: sh.sh_type(endian).0,
+            flags: sh.sh_flags(endian).0,
+            align: sh.sh_addralign(endian),
+            entsize: sh.sh_entsize(endian),
+            size: sh.sh_size(endian),
+            data: bytes.to_vec(),
+            relocs: Vec::new(),
+            rela: None,
+        });
+    }
+
+    Ok(sections)
+}
+
+fn read_symbols(
+    table: &SectionTable<'_>,
+    endian: Endianness,
+    data: &[u8],
+    path: &Path,
+    sections: &[Section],
+) -> Result<Vec<Symbol>, ElfError> {
+    let malformed = malformed_at(path);
+    let symtab = table
+        .symbols(endian, data, elf::SHT_SYMTAB)
+        .map_err(|e| malformed(&e))?;
+    let mut symbols = Vec::with_capacity(symtab.len());
+    for (index, sym) in symtab.enumerate() {
+        let name = symtab.symbol_name(endian, sym).map_err(|e| malformed(&e))?;
+        let section = symtab
+            .symbol_section(endian, sym, index)
+            .map_err(|e| malformed(&e))?
+            .map(|s| SectionId(s.0));
+        if let Some(s) = section {
+            if s.0 >= sections.len() {
+                return Err(malformed(&format_args!(
+                    "symbol {index} names section {} of {}",
+                    s.0,
+                    sections.len()
+                )));
+            }
+        }
+        let kind = match sym.st_type() {
+            elf::STT_NOTYPE => SymKind::NoType,
+            elf::STT_OBJECT => SymKind::Object,
+            elf::STT_FUNC => SymKind::Func,
+            elf::STT_SECTION => SymKind::Section,
+            elf::STT_FILE => SymKind::File,
+            other => SymKind::Other(other.0),
+        };
+        let binding = match sym.st_bind() {
+            elf::STB_LOCAL => Binding::Local,
+            elf::STB_GLOBAL => Binding::Global,
+            elf::STB_WEAK => Binding::Weak,
+            other => Binding::Other(other.0),
+        };
+        let mut name = String::from_utf8_lossy(name).into_owned();
+        if kind == SymKind::Section {
+            if let Some(s) = section {
+                name = sections[s.0].name.clone();
+            }
+        }
+        symbols.push(Symbol {
+            id: SymbolId(index.0),
+            name,
+            kind,
+            binding,
+            section,
+            shndx: sym.st_shndx(endian).0,
+            value: sym.st_value(endian),
+            size: sym.st_size(endian),
+            other: sym.st_other().0,
+        });
+    }
+
+    Ok(symbols)
+}
+
+/// Each section's relocations, from its `.rela` sections (but livepatch's).
+fn read_relocations(
+    table: &SectionTable<'_>,
+    endian: Endianness,
+    data: &[u8],
+    path: &Path,
+    sections: &mut [Section],
+    nsymbols: usize,
+) -> Result<(), ElfError> {
+    let malformed = malformed_at(path);
+    for (index, sh) in table.enumerate() {
+        // livepatch's own relocation sections are not the linker's or the
+        // loader's: they are applied later, by livepatch, and are read as
+        // sections (graft-elf's klp module), not as the target's relocations.
+        if sh.sh_type(endian) != elf::SHT_RELA
+            || sh.sh_flags(endian).0 & crate::klp::SHF_RELA_LIVEPATCH != 0
+        {
+            continue;
+        }
+        let target = sh.sh_info(endian) as usize;
+        if target == 0 || target >= sections.len() {
+            return Err(malformed(&format_args!(
+                "relocation section {} targets section {target}",
+                sections[index.0].name
+            )));
+        }
+        let relas = sh
+            .data_as_array::<elf::Rela64<Endianness>, _>(endian, data)
+            .map_err(|e| malformed(&e))?;
+        let mut relocs = Vec::with_capacity(relas.len());
+        for rela in relas {
+            let sym = rela.r_sym(endian, false) as usize;
+            if sym >= nsymbols {
+                return Err(malformed(&format_args!(
+                    "relocation in {} names symbol {sym} of {}",
+                    sections[index.0].name, nsymbols
+                )));
+            }
+            relocs.push(Reloc {
+                offset: rela.r_offset(endian),
+                r_type: rela.r_type(endian, false).0,
+                symbol: SymbolId(sym),
+                addend: rela.r_addend(endian),
+            });
+        }
+        let t = &mut sections[target];
+        // A target may have more than one relocation section.
+        t.relocs.extend(relocs);
+        t.relocs.sort_by_key(|r| r.offset);
+        t.rela = Some(SectionId(index.0));
+    }
+
+    Ok(())
 }
 
 #[cfg(test)]
