@@ -135,11 +135,17 @@ fn closure(
     c: SymbolId,
 ) -> Result<(Vec<SymbolId>, BTreeMap<SymbolId, Caller>), Blocked> {
     let obj = ctx.patched.obj;
-    let name = |id: SymbolId| obj.symbol(id).name.clone();
-    let cname = name(c);
-    let generic_hint = format!(
-        "keep {cname} as it is and make the change in a function with __fentry__ (not inline, notrace or noinstr) that {cname} calls, or in the functions that call it"
-    );
+    let cname = obj.symbol(c).name.clone();
+    let w = Walk {
+        ctx,
+        out,
+        ignored,
+        module,
+        generic_hint: format!(
+            "keep {cname} as it is and make the change in a function with __fentry__ (not inline, notrace or noinstr) that {cname} calls, or in the functions that call it"
+        ),
+        cname,
+    };
     let mut members = vec![c];
     let mut callers: BTreeMap<SymbolId, Caller> = BTreeMap::new();
     let mut i = 0;
@@ -172,61 +178,114 @@ fn closure(
             fs.value as i64,
             fs.value.saturating_add(fs.size.max(1)) as i64,
         );
-        for (from, r, at) in into.get(&sec).into_iter().flatten() {
-            if *at < lo || *at >= hi {
+        for &(from, ref r, at) in into.get(&sec).into_iter().flatten() {
+            if at < lo || at >= hi {
                 continue;
             }
-            let from_sec = obj.section(*from);
-            let stored = |what: String| {
-                Blocked {
+            match w.reference(f, &via, from, r, at)? {
+                Reach::Nothing => {}
+                Reach::Caller(u, site) => {
+                    callers.entry(u).or_insert(Caller {
+                        offset: site,
+                        callee: f,
+                    });
+                }
+                Reach::Member(u) => {
+                    if !members.contains(&u) {
+                        members.push(u);
+                    }
+                }
+            }
+        }
+    }
+    Ok((members, callers))
+}
+
+/// What one reference to a member of the closure means.
+enum Reach {
+    /// Nothing to do (its own code, a new or ignored caller, init code…).
+    Nothing,
+    /// A caller with a hook, to patch: (caller, call site offset).
+    Caller(SymbolId, u64),
+    /// A hookless local caller, which joins the closure.
+    Member(SymbolId),
+}
+
+struct Walk<'c, 'a> {
+    ctx: &'c Ctx<'a>,
+    out: &'c ObjectDiff,
+    ignored: &'c BTreeSet<SymbolId>,
+    module: bool,
+    cname: String,
+    generic_hint: String,
+}
+
+impl Walk<'_, '_> {
+    /// The reference `r` of section `from`, reaching member `f` at `at`.
+    fn reference(
+        &self,
+        f: SymbolId,
+        via: &str,
+        from: SectionId,
+        r: &Reloc,
+        at: i64,
+    ) -> Result<Reach, Blocked> {
+        let (ctx, out, ignored, module) = (self.ctx, self.out, self.ignored, self.module);
+        let (cname, generic_hint) = (&self.cname, &self.generic_hint);
+        let obj = ctx.patched.obj;
+        let name = |id: SymbolId| obj.symbol(id).name.clone();
+        let fs = obj.symbol(f);
+        let lo = fs.value as i64;
+        let from_sec = obj.section(from);
+        let stored = |what: String| {
+            Blocked {
                 why: format!("{what}{via}, so the kernel can reach the old {} without a caller graft could patch", fs.name),
                 hint: generic_hint.clone(),
             }
-            };
-            match role(from_sec) {
-                Some(Role::Code) => {}
-                Some(Role::Table(_)) => {
-                    let owner = table_owner(ctx, *from, r.offset);
-                    if owner.is_some_and(|o| same_function(obj, o, f)) {
-                        continue; // an entry about f's own code
-                    }
-                    return Err(stored(format!(
-                        "{} refers to it from an entry {}",
-                        from_sec.name,
-                        owner.map_or_else(
-                            || "graft cannot attribute".to_owned(),
-                            |o| format!("of {}", name(o))
-                        )
-                    )));
+        };
+        match role(from_sec) {
+            Some(Role::Code) => {}
+            Some(Role::Table(_)) => {
+                let owner = table_owner(ctx, from, r.offset);
+                if owner.is_some_and(|o| same_function(obj, o, f)) {
+                    return Ok(Reach::Nothing); // an entry about f's own code
                 }
-                _ => {
-                    let holder = crate::correlate::symbol_at(obj, *from, r.offset as i64)
-                        .map_or_else(
-                            || from_sec.name.clone(),
-                            |h| format!("{} ({})", name(h), from_sec.name),
-                        );
-                    return Err(stored(format!("its address is stored in {holder}")));
-                }
-            }
-            let Some(u) = function_at(obj, *from, r.offset as i64) else {
                 return Err(stored(format!(
-                    "it is referenced from {} outside any function",
-                    from_sec.name
-                )));
-            };
-            if same_function(obj, u, f) {
-                continue; // f's own code, or its cold part's
-            }
-            let site = r.offset.saturating_sub(obj.symbol(u).value);
-            if *at != lo || !ctx.patched.code.is_direct_branch(obj, *from, r.offset) {
-                return Err(stored(format!(
-                    "its address is taken in {} (+{site:#x})",
-                    name(u)
+                    "{} refers to it from an entry {}",
+                    from_sec.name,
+                    owner.map_or_else(
+                        || "graft cannot attribute".to_owned(),
+                        |o| format!("of {}", name(o))
+                    )
                 )));
             }
-            if is_init_section(&from_sec.name) {
-                if module {
-                    return Err(Blocked {
+            _ => {
+                let holder = crate::correlate::symbol_at(obj, from, r.offset as i64).map_or_else(
+                    || from_sec.name.clone(),
+                    |h| format!("{} ({})", name(h), from_sec.name),
+                );
+                return Err(stored(format!("its address is stored in {holder}")));
+            }
+        }
+        let Some(u) = function_at(obj, from, r.offset as i64) else {
+            return Err(stored(format!(
+                "it is referenced from {} outside any function",
+                from_sec.name
+            )));
+        };
+        if same_function(obj, u, f) {
+            return Ok(Reach::Nothing); // f's own code, or its cold part's
+        }
+        let site = r.offset.saturating_sub(obj.symbol(u).value);
+        if at != lo || !ctx.patched.code.is_direct_branch(obj, from, r.offset) {
+            return Err(stored(format!(
+                "its address is taken in {} (+{site:#x})",
+                name(u)
+            )));
+        }
+        if is_init_section(&from_sec.name) {
+            if module {
+                return Err(Blocked {
                         why: format!(
                             "{} is __init code of the module and calls it{via}: init code cannot be patched, so it would run the old {} whenever the module loads",
                             name(u),
@@ -236,33 +295,31 @@ fn closure(
                             "keep {cname} as it is and put the fixed code in a new function that the other callers call"
                         ),
                     });
-                }
-                continue; // vmlinux's init code has run and is gone
             }
-            // A cold part calls on behalf of its parent.
-            let u = parent_function(obj, u).unwrap_or(u);
-            if ignored.contains(&u) {
-                continue; // the author keeps the running kernel's caller
-            }
-            let Some(uc) = out.functions.iter().find(|x| x.symbol == u) else {
-                return Err(stored(format!("it is called from {}", name(u))));
-            };
-            let Some(twin) = uc.twin else {
-                continue; // a new caller is carried and calls the new copy
-            };
-            if uc.verdict == Verdict::New {
-                continue; // promoted already
-            }
-            if has_fentry(ctx.orig.obj, twin) {
-                callers.entry(u).or_insert(Caller {
-                    offset: site,
-                    callee: f,
-                });
-            } else if !members.contains(&u) {
-                if obj.symbol(u).is_global()
-                    || is_init_section(&obj.section(obj.symbol(u).section.unwrap_or(*from)).name)
-                {
-                    return Err(Blocked {
+            return Ok(Reach::Nothing); // vmlinux's init code has run and is gone
+        }
+        // A cold part calls on behalf of its parent.
+        let u = parent_function(obj, u).unwrap_or(u);
+        if ignored.contains(&u) {
+            return Ok(Reach::Nothing); // the author keeps the running kernel's caller
+        }
+        let Some(uc) = out.functions.iter().find(|x| x.symbol == u) else {
+            return Err(stored(format!("it is called from {}", name(u))));
+        };
+        let Some(twin) = uc.twin else {
+            return Ok(Reach::Nothing); // a new caller is carried and calls the new copy
+        };
+        if uc.verdict == Verdict::New {
+            return Ok(Reach::Nothing); // promoted already
+        }
+        if has_fentry(ctx.orig.obj, twin) {
+            return Ok(Reach::Caller(u, site));
+        }
+        {
+            if obj.symbol(u).is_global()
+                || is_init_section(&obj.section(obj.symbol(u).section.unwrap_or(from)).name)
+            {
+                return Err(Blocked {
                         why: format!(
                             "it is called from {}{via}, which has no __fentry__ either and is {}",
                             name(u),
@@ -273,12 +330,10 @@ fn closure(
                             name(u)
                         ),
                     });
-                }
-                members.push(u);
             }
+            Ok(Reach::Member(u))
         }
     }
-    Ok((members, callers))
 }
 
 /// Marks the closure: members carried as new functions, callers changed.
