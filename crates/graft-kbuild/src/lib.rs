@@ -85,11 +85,8 @@ pub(crate) fn first_error(text: &str) -> String {
         .map_or_else(|| "no output".to_owned(), |l| (*l).to_owned())
 }
 
-/// Runs `cmd`, keeping its whole output in `log` for the curious.
-pub(crate) fn run_logged(
-    cmd: &mut std::process::Command,
-    log: &std::path::Path,
-) -> Result<(bool, String), KbuildError> {
+/// Runs `cmd`; returns whether it succeeded and its whole output.
+pub(crate) fn run_captured(cmd: &mut std::process::Command) -> Result<(bool, String), KbuildError> {
     let out = cmd.output().map_err(io(format!(
         "cannot run {:?}; hint: apt-get install build-essential",
         cmd.get_program()
@@ -99,6 +96,15 @@ pub(crate) fn run_logged(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = std::fs::write(log, &text);
     Ok((out.status.success(), text))
+}
+
+/// Runs `cmd`, keeping its whole output in `log` for the curious.
+pub(crate) fn run_logged(
+    cmd: &mut std::process::Command,
+    log: &std::path::Path,
+) -> Result<(bool, String), KbuildError> {
+    let (ok, text) = run_captured(cmd)?;
+    let _ = std::fs::write(log, &text);
+    Ok((ok, text))
 }

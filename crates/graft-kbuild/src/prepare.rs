@@ -196,15 +196,7 @@ pub fn prepare(inputs: &Inputs<'_>, step: &mut dyn FnMut(Step)) -> Result<Prepar
 /// Runs `cmd` with its output appended to `log`; returns success and the
 /// output.
 fn run_appending(cmd: &mut Command, log: &Path) -> Result<(bool, String), KbuildError> {
-    let out = cmd.output().map_err(io(format!(
-        "cannot run {:?}; hint: apt-get install build-essential",
-        cmd.get_program()
-    )))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = crate::run_captured(cmd)?;
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -212,7 +204,7 @@ fn run_appending(cmd: &mut Command, log: &Path) -> Result<(bool, String), Kbuild
         .open(log)
         .map_err(io(format!("cannot write {}", log.display())))?;
     let _ = writeln!(f, "$ {cmd:?}\n{text}");
-    Ok((out.status.success(), text))
+    Ok((ok, text))
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), KbuildError> {
