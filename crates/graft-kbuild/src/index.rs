@@ -179,105 +179,25 @@ impl Index {
     }
 
     fn scan(root: &Path, l: Listing) -> Index {
-        // Directories every unit searches (the kernel's LINUXINCLUDE, the
-        // same for all) in order, and the union of the others.
-        let common: Vec<String> = l.dirs.first().cloned().unwrap_or_default();
-        let common: Vec<String> = common
-            .into_iter()
-            .filter(|d| l.dirs.iter().all(|ds| ds.contains(d)))
-            .collect();
-        let extra: BTreeSet<String> = l
-            .dirs
-            .iter()
-            .flatten()
-            .filter(|d| !common.contains(d))
-            .cloned()
-            .collect();
-        let mut files: Vec<String> = Vec::new();
-        let mut ids: HashMap<String, u32> = HashMap::new();
-        let mut includes: Vec<Vec<u32>> = Vec::new();
-        let mut queue: VecDeque<u32> = VecDeque::new();
-        let mut id_of = |f: &str,
-                         files: &mut Vec<String>,
-                         includes: &mut Vec<Vec<u32>>,
-                         queue: &mut VecDeque<u32>| {
-            *ids.entry(f.to_owned()).or_insert_with(|| {
-                files.push(f.to_owned());
-                includes.push(Vec::new());
-                let id = (files.len() - 1) as u32;
-                queue.push_back(id);
-                id
-            })
-        };
-        let forced: BTreeSet<&String> = l.forced.iter().flatten().collect();
+        let mut sc = Scanner::new(root, &l);
         for u in &l.units {
-            id_of(&u.source, &mut files, &mut includes, &mut queue);
+            sc.id_of(&u.source);
         }
+        let forced: BTreeSet<&String> = l.forced.iter().flatten().collect();
         for f in &forced {
-            id_of(f, &mut files, &mut includes, &mut queue);
+            sc.id_of(f);
         }
-        let mut exists_memo: HashMap<String, bool> = HashMap::new();
-        let mut exists = |rel: &str| -> bool {
-            if let Some(&e) = exists_memo.get(rel) {
-                return e;
-            }
-            let e = root.join(rel).is_file();
-            exists_memo.insert(rel.to_owned(), e);
-            e
-        };
-        // `<x>` resolves the same from every file; `"x"` too once the
-        // including file's own directory does not have it.
-        let mut global: HashMap<String, Vec<String>> = HashMap::new();
-        while let Some(id) = queue.pop_front() {
-            let file = files[id as usize].clone();
-            let Ok(text) = std::fs::read(root.join(&file)) else {
-                continue;
-            };
-            let here = file.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
-            let mut found: Vec<u32> = Vec::new();
-            for (name, quoted) in scan_includes(&text) {
-                let local = quoted
-                    .then(|| normalize(&format!("{here}/{name}")))
-                    .filter(|c| exists(c));
-                let hits: Vec<String> = match local {
-                    Some(c) => vec![c],
-                    None => {
-                        if let Some(h) = global.get(&name) {
-                            h.clone()
-                        } else {
-                            let first = common
-                                .iter()
-                                .map(|d| normalize(&format!("{d}/{name}")))
-                                .find(|c| exists(c));
-                            let h = match first {
-                                Some(c) => vec![c],
-                                // Only some units search the other
-                                // directories: any of them may be the one
-                                // (the superset again).
-                                None => extra
-                                    .iter()
-                                    .map(|d| normalize(&format!("{d}/{name}")))
-                                    .filter(|c| exists(c))
-                                    .collect(),
-                            };
-                            global.insert(name.clone(), h.clone());
-                            h
-                        }
-                    }
-                };
-                for h in hits {
-                    found.push(id_of(&h, &mut files, &mut includes, &mut queue));
-                }
-            }
-            found.sort_unstable();
-            found.dedup();
-            includes[id as usize] = found;
+        while let Some(id) = sc.queue.pop_front() {
+            sc.scan_file(id);
         }
         // Forced includes are included by every unit's source.
-        let forced_ids: Vec<u32> = forced.iter().filter_map(|f| ids.get(*f).copied()).collect();
+        let forced_ids: Vec<u32> = forced
+            .iter()
+            .filter_map(|f| sc.ids.get(*f).copied())
+            .collect();
         for u in &l.units {
-            if let Some(&s) = ids.get(&u.source) {
-                let inc = &mut includes[s as usize];
+            if let Some(&s) = sc.ids.get(&u.source) {
+                let inc = &mut sc.includes[s as usize];
                 inc.extend(&forced_ids);
                 inc.sort_unstable();
                 inc.dedup();
@@ -285,8 +205,8 @@ impl Index {
         }
         Index {
             units: l.units,
-            files,
-            includes,
+            files: sc.files,
+            includes: sc.includes,
             seconds: 0.0,
         }
     }
@@ -363,6 +283,129 @@ impl Index {
         std::fs::write(&tmp, bytes).map_err(io("cannot write the unit index"))?;
         std::fs::rename(&tmp, &path).map_err(io("cannot write the unit index"))?;
         Ok((idx, true))
+    }
+}
+
+/// The include scan: files found so far, their includes, and what is left
+/// to read.
+struct Scanner<'r> {
+    root: &'r Path,
+    /// Directories every unit searches (the kernel's LINUXINCLUDE, the same
+    /// for all) in order, and the union of the others.
+    common: Vec<String>,
+    extra: BTreeSet<String>,
+    files: Vec<String>,
+    ids: HashMap<String, u32>,
+    includes: Vec<Vec<u32>>,
+    queue: VecDeque<u32>,
+    exists: HashMap<String, bool>,
+    /// `<x>` resolves the same from every file; `"x"` too once the
+    /// including file's own directory does not have it.
+    global: HashMap<String, Vec<String>>,
+}
+
+impl<'r> Scanner<'r> {
+    fn new(root: &'r Path, l: &Listing) -> Self {
+        let common: Vec<String> = l
+            .dirs
+            .first()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| l.dirs.iter().all(|ds| ds.contains(d)))
+            .collect();
+        let extra: BTreeSet<String> = l
+            .dirs
+            .iter()
+            .flatten()
+            .filter(|d| !common.contains(d))
+            .cloned()
+            .collect();
+        Scanner {
+            root,
+            common,
+            extra,
+            files: Vec::new(),
+            ids: HashMap::new(),
+            includes: Vec::new(),
+            queue: VecDeque::new(),
+            exists: HashMap::new(),
+            global: HashMap::new(),
+        }
+    }
+
+    /// The id of file `f`, queued for reading the first time it is seen.
+    fn id_of(&mut self, f: &str) -> u32 {
+        if let Some(&id) = self.ids.get(f) {
+            return id;
+        }
+        self.files.push(f.to_owned());
+        self.includes.push(Vec::new());
+        let id = (self.files.len() - 1) as u32;
+        self.ids.insert(f.to_owned(), id);
+        self.queue.push_back(id);
+        id
+    }
+
+    fn exists(&mut self, rel: &str) -> bool {
+        if let Some(&e) = self.exists.get(rel) {
+            return e;
+        }
+        let e = self.root.join(rel).is_file();
+        self.exists.insert(rel.to_owned(), e);
+        e
+    }
+
+    /// Where `#include` of `name` from directory `here` may lead.
+    fn resolve(&mut self, here: &str, name: &str, quoted: bool) -> Vec<String> {
+        if quoted {
+            let local = normalize(&format!("{here}/{name}"));
+            if self.exists(&local) {
+                return vec![local];
+            }
+        }
+        if let Some(h) = self.global.get(name) {
+            return h.clone();
+        }
+        let common: Vec<String> = self
+            .common
+            .iter()
+            .map(|d| normalize(&format!("{d}/{name}")))
+            .collect();
+        let first = common.into_iter().find(|c| self.exists(c));
+        let hits = match first {
+            Some(c) => vec![c],
+            // Only some units search the other directories: any of them
+            // may be the one (the superset again).
+            None => {
+                let extra: Vec<String> = self
+                    .extra
+                    .iter()
+                    .map(|d| normalize(&format!("{d}/{name}")))
+                    .collect();
+                extra.into_iter().filter(|c| self.exists(c)).collect()
+            }
+        };
+        self.global.insert(name.to_owned(), hits.clone());
+        hits
+    }
+
+    /// Reads file `id` and records what it includes.
+    fn scan_file(&mut self, id: u32) {
+        let file = self.files[id as usize].clone();
+        let Ok(text) = std::fs::read(self.root.join(&file)) else {
+            return;
+        };
+        let here = file.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+        let mut found: Vec<u32> = Vec::new();
+        for (name, quoted) in scan_includes(&text) {
+            for h in self.resolve(&here, &name, quoted) {
+                found.push(self.id_of(&h));
+            }
+        }
+        found.sort_unstable();
+        found.dedup();
+        self.includes[id as usize] = found;
     }
 }
 
