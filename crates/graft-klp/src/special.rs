@@ -100,50 +100,11 @@ pub(crate) fn cut(
             } else {
                 &mut f
             };
-            let bytes = s.data.get(lo as usize..hi as usize).ok_or_else(|| {
-                KlpError::UnsupportedSpecialSection {
-                    object: plan.object_name(),
-                    section: s.name.clone(),
-                }
-            })?;
-            let base = f.data.len() as u64;
-            f.data.extend_from_slice(bytes);
-            for r in s.relocs_in(lo, hi) {
-                if plan.targets.contains_key(&(t.id, r.offset)) {
-                    f.relocs.push((base + r.offset - lo, r.offset));
-                }
-            }
+            copy_entry(plan, s, lo, hi, f)?;
         }
         // ORC: `.orc_unwind` holds one record per `.orc_unwind_ip` entry, by index.
         if s.name == ".orc_unwind_ip" {
-            let data = obj
-                .sections
-                .iter()
-                .find(|x| matches!(role(x), Some(Role::OrcData)))
-                .ok_or_else(|| KlpError::UnsupportedSpecialSection {
-                    object: plan.object_name(),
-                    section: ".orc_unwind".into(),
-                })?;
-            let size = diff.layout.item("orc_entry").map(|i| i.size).unwrap_or(0);
-            let n = t.entries.len() as u64;
-            if size == 0 || data.size != n * size {
-                return Err(KlpError::UnsupportedSpecialSection {
-                    object: plan.object_name(),
-                    section: data.name.clone(),
-                });
-            }
-            let mut orc = Filtered {
-                source: data.id,
-                data: Vec::new(),
-                relocs: Vec::new(),
-                deferred: None,
-            };
-            for &ei in &idx {
-                let lo = ei as u64 * size;
-                if let Some(b) = data.data.get(lo as usize..(lo + size) as usize) {
-                    orc.data.extend_from_slice(b);
-                }
-            }
+            let orc = orc_records(plan, diff, t.entries.len(), &idx)?;
             out.push(f);
             out.push(orc);
             continue;
@@ -156,4 +117,68 @@ pub(crate) fn cut(
         }
     }
     Ok(out)
+}
+
+/// Appends the entry `[lo, hi)` of table `s` to `f`, with the relocations
+/// the plan resolved for it.
+fn copy_entry(
+    plan: &Plan<'_>,
+    s: &graft_elf::Section,
+    lo: u64,
+    hi: u64,
+    f: &mut Filtered,
+) -> Result<(), KlpError> {
+    let bytes = s.data.get(lo as usize..hi as usize).ok_or_else(|| {
+        KlpError::UnsupportedSpecialSection {
+            object: plan.object_name(),
+            section: s.name.clone(),
+        }
+    })?;
+    let base = f.data.len() as u64;
+    f.data.extend_from_slice(bytes);
+    for r in s.relocs_in(lo, hi) {
+        if plan.targets.contains_key(&(s.id, r.offset)) {
+            f.relocs.push((base + r.offset - lo, r.offset));
+        }
+    }
+    Ok(())
+}
+
+/// The `.orc_unwind` records of the kept `.orc_unwind_ip` entries `idx`
+/// (of `n` in all): one record per entry, by index.
+fn orc_records(
+    plan: &Plan<'_>,
+    diff: &ObjectDiff,
+    n: usize,
+    idx: &[usize],
+) -> Result<Filtered, KlpError> {
+    let obj = plan.patched;
+    let data = obj
+        .sections
+        .iter()
+        .find(|x| matches!(role(x), Some(Role::OrcData)))
+        .ok_or_else(|| KlpError::UnsupportedSpecialSection {
+            object: plan.object_name(),
+            section: ".orc_unwind".into(),
+        })?;
+    let size = diff.layout.item("orc_entry").map(|i| i.size).unwrap_or(0);
+    if size == 0 || data.size != n as u64 * size {
+        return Err(KlpError::UnsupportedSpecialSection {
+            object: plan.object_name(),
+            section: data.name.clone(),
+        });
+    }
+    let mut orc = Filtered {
+        source: data.id,
+        data: Vec::new(),
+        relocs: Vec::new(),
+        deferred: None,
+    };
+    for &ei in idx {
+        let lo = ei as u64 * size;
+        if let Some(b) = data.data.get(lo as usize..(lo + size) as usize) {
+            orc.data.extend_from_slice(b);
+        }
+    }
+    Ok(orc)
 }
