@@ -35,6 +35,7 @@
 
 mod apt;
 mod cmd;
+pub mod corpus;
 mod cpio;
 mod error;
 mod kallsyms;
