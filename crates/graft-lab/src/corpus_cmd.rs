@@ -112,7 +112,7 @@ pub fn run(lab_root: &Path, a: Args) -> Result<ExitCode> {
     let build_start = Instant::now();
     let mut results: Vec<ItemResult>;
     if a.subset {
-        let chosen: Vec<&Item> = items::subset(&c.items, a.max_lines)
+        let chosen: Vec<&Item> = items::subset(&c.items, &c.changes, a.max_lines)
             .into_iter()
             .filter(keep)
             .collect();
@@ -141,7 +141,7 @@ pub fn run(lab_root: &Path, a: Args) -> Result<ExitCode> {
     let loads = if a.no_load {
         Default::default()
     } else {
-        c.load(&results, &mut |l| progress(l))?
+        c.load(&results, true, &mut |l| progress(l))?
     };
     let load_seconds = load_start.elapsed().as_secs_f64();
     let t = report::totals(&results, &loads);
@@ -222,7 +222,7 @@ fn print_prepared(c: &Corpus, max_lines: usize) {
         h_items.clone().count(),
         h_items.filter(|i| i.place.in_build()).count()
     );
-    for i in items::subset(&c.items, max_lines) {
+    for i in items::subset(&c.items, &c.changes, max_lines) {
         println!(
             "subset    {} {} ({} lines, {}; related headers: {})",
             i.id,

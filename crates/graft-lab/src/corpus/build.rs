@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::changes::{error_file, quoted_names, touched_names, Change, ChangedFile};
-use super::items::{header_groups, Item, Place};
+use super::items::{header_groups, Item};
 use super::outcome::{classify, Outcome};
 use crate::error::LabError;
 use crate::lab::{write_atomic, Lab};
@@ -47,7 +47,15 @@ pub struct ItemResult {
     pub attempts: Vec<Attempt>,
     /// The module, when built (kept in the corpus directory).
     pub module: Option<PathBuf>,
+    /// The version of the item procedure that made it ([`METHOD`]).
+    #[serde(default)]
+    pub method: u32,
 }
+
+/// The version of the item procedure (how attempts are grouped): a result
+/// an older one left as "does not compile" or an error is redone, the
+/// others stay valid (their builds did not depend on it).
+pub const METHOD: u32 = 2;
 
 impl ItemResult {
     /// The item needed headers of the update to compile.
@@ -63,8 +71,11 @@ pub struct Builder {
     /// sha256 of the graft binary: a new graft is a new result.
     pub graft_id: String,
     pub target: Lab,
-    /// The pair's corpus directory (patches, modules, results).
+    /// Where patches, graft's logs and the modules go.
     pub dir: PathBuf,
+    /// The file results are cached in, by key; `None` builds everything
+    /// and keeps nothing.
+    pub results: Option<PathBuf>,
     /// graft's cache for job 0; job N uses `<cache>/corpus-job-N` (one
     /// private tree copy per job: a copy builds one patch at a time).
     pub cache: PathBuf,
@@ -82,8 +93,6 @@ pub fn file_sha256(path: &Path) -> Result<String, LabError> {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
-
-const RESULTS: &str = "results.json";
 
 impl Builder {
     fn cache_for(&self, job: usize) -> PathBuf {
@@ -122,8 +131,9 @@ impl Builder {
 
     /// The cached results of earlier runs, by key.
     pub fn cached(&self) -> BTreeMap<String, ItemResult> {
-        std::fs::read(self.dir.join(RESULTS))
-            .ok()
+        self.results
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
     }
@@ -157,7 +167,16 @@ impl Builder {
                     let key = self.key(item, by_path);
                     let hit = store.lock().expect("lock").get(&key).cloned();
                     let (r, cached) = match hit {
-                        Some(r) if r.module.as_ref().is_none_or(|m| m.is_file()) => (r, true),
+                        Some(r)
+                            if r.module.as_ref().is_none_or(|m| m.is_file())
+                                && (r.method == METHOD
+                                    || !matches!(
+                                        r.outcome,
+                                        Outcome::DoesNotCompile { .. } | Outcome::Error { .. }
+                                    )) =>
+                        {
+                            (r, true)
+                        }
                         _ => match self.run_item(job, item, key.clone(), by_path) {
                             Ok(r) => (r, false),
                             Err(e) => {
@@ -166,11 +185,11 @@ impl Builder {
                             }
                         },
                     };
-                    if !cached {
+                    if let (false, Some(path)) = (cached, &self.results) {
                         let mut st = store.lock().expect("lock");
                         st.insert(key, r.clone());
                         let json = serde_json::to_vec_pretty(&*st).expect("serializes");
-                        if let Err(e) = write_atomic(&self.dir.join(RESULTS), &json) {
+                        if let Err(e) = write_atomic(path, &json) {
                             *failure.lock().expect("lock") = Some(e);
                             return;
                         }
@@ -226,6 +245,7 @@ impl Builder {
                 outcome,
                 attempts,
                 module,
+                method: METHOD,
             }
         };
         let own = vec![item.file.clone()];
@@ -247,21 +267,24 @@ impl Builder {
         let mut files = own.clone();
         let mut attempts = vec![self.attempt(job, item, &files, changes, &out)?];
         let mut fallback = header_groups(item).into_iter();
-        while attempts.len() < MAX_ATTEMPTS {
-            let Outcome::DoesNotCompile { first_error } = &attempts.last().expect("one").outcome
-            else {
-                break;
-            };
-            if item.is_header() {
-                break;
-            }
-            let more = needed_by(first_error, &files, item, changes);
-            let next: Vec<String> = if !more.is_empty() {
-                files.iter().cloned().chain(more).collect()
-            } else if let Some(g) = fallback.next() {
-                own.iter().cloned().chain(g).collect()
-            } else {
-                break;
+        while attempts.len() < MAX_ATTEMPTS && !item.is_header() {
+            let next: Vec<String> = match &attempts.last().expect("one").outcome {
+                Outcome::DoesNotCompile { first_error } => {
+                    let more = needed_by(first_error, &files, item, changes);
+                    if !more.is_empty() {
+                        files.iter().cloned().chain(more).collect()
+                    } else if let Some(g) = fallback.next() {
+                        own.iter().cloned().chain(g).collect()
+                    } else {
+                        break;
+                    }
+                }
+                // A function new in another changed file of the update.
+                Outcome::Error { message } => match defined_by(message, &files, changes) {
+                    Some(f) => files.iter().cloned().chain([f]).collect(),
+                    None => break,
+                },
+                _ => break,
             };
             if next == files {
                 break;
@@ -298,8 +321,6 @@ impl Builder {
         let patches = self.dir.join("patches");
         std::fs::create_dir_all(&patches)
             .map_err(|e| LabError::io(format!("creating {}", patches.display()), e))?;
-        std::fs::create_dir_all(out)
-            .map_err(|e| LabError::io(format!("creating {}", out.display()), e))?;
         let mut text = String::new();
         for f in files {
             let c = changes.get(f.as_str()).ok_or_else(|| {
@@ -401,6 +422,32 @@ fn needed_by(
     out
 }
 
+/// The changed `.c` file of the update that adds the symbol graft says the
+/// target does not have (`… references X, which the target kernel's symbol
+/// table does not have`): the patch's own new code, in a file the item
+/// lacks.
+fn defined_by(
+    message: &str,
+    files: &[String],
+    changes: &BTreeMap<&str, &ChangedFile>,
+) -> Option<String> {
+    let (before, _) =
+        message.split_once(", which the target kernel's symbol table does not have")?;
+    let symbol = before.rsplit_once(" references ")?.1.trim();
+    changes
+        .values()
+        .filter(|c| !c.is_header() && !files.contains(&c.path))
+        .find(|c| {
+            c.diff.lines().any(|l| {
+                l.starts_with('+')
+                    && !l.starts_with("+++")
+                    && l.contains(&format!("{symbol}("))
+                    && !l[1..].starts_with([' ', '\t'])
+            })
+        })
+        .map(|c| c.path.clone())
+}
+
 /// `s` cut to `n` characters.
 pub fn first_chars(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
@@ -410,7 +457,32 @@ pub fn first_chars(s: &str, n: usize) -> String {
     }
 }
 
-/// Whether an item of this place is built into a module.
-pub fn in_module(place: &Place) -> bool {
-    matches!(place, Place::Unit { module: true, .. })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_functions_are_found_in_other_changed_files() {
+        let ec = ChangedFile {
+            path: "drivers/acpi/ec.c".into(),
+            change: Change::Modified,
+            lines: 4,
+            diff: "--- a/drivers/acpi/ec.c\n+++ b/drivers/acpi/ec.c\n@@ -1 +1,4 @@\n+void acpi_ec_register_opregions(struct acpi_device *adev)\n+{\n+\tacpi_ec_register_opregions_x(adev);\n+}\n".into(),
+        };
+        let caller = ChangedFile {
+            path: "drivers/acpi/scan.c".into(),
+            change: Change::Modified,
+            lines: 1,
+            diff: "--- a/drivers/acpi/scan.c\n+++ b/drivers/acpi/scan.c\n@@ -1 +1 @@\n+\tacpi_ec_register_opregions(adev);\n".into(),
+        };
+        let changes: BTreeMap<&str, &ChangedFile> =
+            [(ec.path.as_str(), &ec), (caller.path.as_str(), &caller)].into();
+        let msg = "scan.o: acpi_bus_attach references acpi_ec_register_opregions, which the target kernel's symbol table does not have; hint: …";
+        let files = vec!["drivers/acpi/scan.c".to_string()];
+        assert_eq!(
+            defined_by(msg, &files, &changes).as_deref(),
+            Some("drivers/acpi/ec.c")
+        );
+        assert_eq!(defined_by("other error", &files, &changes), None);
+    }
 }

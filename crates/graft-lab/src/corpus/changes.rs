@@ -100,11 +100,7 @@ fn list(root: &Path) -> Result<BTreeMap<String, u64>, LabError> {
                 continue;
             }
             match kind {
-                Some(k) if k.is_dir() => {
-                    if !GENERATED.contains(&path.as_str()) {
-                        stack.push(path);
-                    }
-                }
+                Some(k) if k.is_dir() && !GENERATED.contains(&path.as_str()) => stack.push(path),
                 Some(k) if k.is_file() => {
                     if !is_source(&name) || names.contains(&format!(".{name}.cmd")) {
                         continue;
@@ -305,6 +301,34 @@ pub fn relatedness(c_diff: &str, h_diff: &str) -> usize {
     uses.intersection(&touched_names(h_diff)).count()
 }
 
+/// What `diff -p` names before each hunk: the last top-level line above it
+/// (a function's or a structure's first line, cut to 40 characters).
+pub fn hunk_contexts(diff: &str) -> Vec<&str> {
+    diff.lines()
+        .filter_map(|l| l.strip_prefix("@@ "))
+        .map(|l| l.split_once(" @@").map_or("", |(_, c)| c.trim()))
+        .collect()
+}
+
+/// Every hunk of a header's diff is inside (or right after the start of)
+/// a `static inline` function: a change of inline code, no declaration.
+pub fn inline_code_only(diff: &str) -> bool {
+    let c = hunk_contexts(diff);
+    !c.is_empty()
+        && c.iter()
+            .all(|l| l.starts_with("static inline ") || l.starts_with("static __always_inline "))
+}
+
+/// Some hunk of a diff is inside a structure or union definition: a
+/// layout change, most likely.
+pub fn in_type_definition(diff: &str) -> bool {
+    hunk_contexts(diff).iter().any(|l| {
+        let l = l.strip_prefix("typedef ").unwrap_or(l);
+        let mut w = l.split_whitespace();
+        matches!(w.next(), Some("struct" | "union")) && w.next().is_some() && w.next() == Some("{")
+    })
+}
+
 /// The file a compiler error is in: `crypto/af_alg.c` of
 /// `crypto/af_alg.c:532:14: error: …`.
 pub fn error_file(error: &str) -> Option<&str> {
@@ -316,10 +340,7 @@ pub fn error_file(error: &str) -> Option<&str> {
 pub fn quoted_names(error: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut rest = error;
-    loop {
-        let Some(open) = rest.find(['\u{2018}', '\'']) else {
-            break;
-        };
+    while let Some(open) = rest.find(['\u{2018}', '\'']) {
         let after = &rest[open + rest[open..].chars().next().map_or(1, char::len_utf8)..];
         let Some(close) = after.find(['\u{2019}', '\'']) else {
             break;
@@ -409,6 +430,21 @@ mod tests {
         assert_eq!(names, vec!["res", "resource", "resource_set_size"]);
         let c = "--- a/y.c\n+++ b/y.c\n@@ -1 +1 @@\n-\t/* put the queue */\n+\tblk_put_queue(q); /* resource */\n";
         assert_eq!(relatedness(c, h), 0);
+    }
+
+    #[test]
+    fn hunk_shapes() {
+        let inline = "--- a/x.h\n+++ b/x.h\n@@ -10,7 +10,7 @@ static inline void foo(int a)\n-\treturn 1;\n+\treturn 2;\n";
+        assert_eq!(hunk_contexts(inline), vec!["static inline void foo(int a)"]);
+        assert!(inline_code_only(inline) && !in_type_definition(inline));
+        let layout = "--- a/x.h\n+++ b/x.h\n@@ -1,3 +1,4 @@ struct ghes {\n+\tint x;\n@@ -20 +21 @@ static inline int g(void)\n-a\n+b\n";
+        assert!(in_type_definition(layout) && !inline_code_only(layout));
+        let ret =
+            "--- a/x.h\n+++ b/x.h\n@@ -1 +1 @@ struct sp_device *sp_get_master(void);\n-a\n+b\n";
+        assert!(!in_type_definition(ret));
+        assert!(!inline_code_only(
+            "--- a/x.h\n+++ b/x.h\n@@ -1 +1 @@\n-a\n+b\n"
+        ));
     }
 
     #[test]

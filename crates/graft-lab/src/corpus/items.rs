@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use graft_kbuild::index::Index;
 use serde::{Deserialize, Serialize};
 
-use super::changes::{relatedness, Change, ChangedFile};
+use super::changes::{in_type_definition, inline_code_only, relatedness, Change, ChangedFile};
 
 /// Where a changed file is in the target's build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,48 +202,56 @@ pub fn header_groups(item: &Item) -> Vec<Vec<String>> {
 
 /// The CI subset, chosen by a fixed rule from whatever update the archive
 /// gives: among the items in the target's build of at most `max_lines`
-/// changed lines, in path order, the first [`SUBSET_EACH`] of each kind —
-/// `.c` changes no changed header relates to; `.c` changes a changed
-/// header relates to (which may need it); and changed headers no `.c`
-/// change relates to. Headers (related ones, for `.c` changes) count only
-/// when at most [`SUBSET_MAX_UNITS`] units include them, so the subset
-/// stays quick.
-pub fn subset(items: &[Item], max_lines: usize) -> Vec<&Item> {
-    let small = |i: &&Item| i.place.in_build() && i.lines <= max_lines;
+/// changed lines, in path order, [`SUBSET_EACH`] of each kind —
+/// - `.c` changes no changed header relates to: the first ones;
+/// - `.c` changes that relate to changed headers (and may need them):
+///   first those whose related headers change no structure definition,
+///   then the others;
+/// - header changes: first those that only change `static inline` code,
+///   then the others.
+///
+/// A header counts only when at most [`SUBSET_MAX_UNITS`] units include
+/// it, so the subset stays quick. (Relates: the `.c` change's new code
+/// uses a name the header change adds, removes or re-declares.)
+pub fn subset<'a>(items: &'a [Item], changes: &[ChangedFile], max_lines: usize) -> Vec<&'a Item> {
+    let diff = |path: &str| {
+        changes
+            .iter()
+            .find(|c| c.path == path)
+            .map_or("", |c| c.diff.as_str())
+    };
     let cheap = |units: usize| (1..=SUBSET_MAX_UNITS).contains(&units);
-    let related_headers: BTreeSet<&str> = items
+    let small: Vec<&Item> = items
         .iter()
-        .filter(small)
-        .flat_map(|i| i.related.iter().filter(|r| r.score > 0))
-        .map(|r| r.header.as_str())
+        .filter(|i| i.place.in_build() && i.lines <= max_lines)
         .collect();
-    let c_only = items
-        .iter()
-        .filter(small)
-        .filter(|i| !i.is_header() && i.related.iter().all(|r| r.score == 0))
-        .take(SUBSET_EACH);
-    let c_and_h = items
-        .iter()
-        .filter(small)
-        .filter(|i| {
-            !i.is_header()
-                && i.related.iter().any(|r| r.score > 0)
-                && i.related
+    // The items that pass `first`, then the ones that pass only `then`.
+    let pick = |first: &dyn Fn(&Item) -> bool, then: &dyn Fn(&Item) -> bool| -> Vec<&'a Item> {
+        let a = small.iter().copied().filter(|i| first(i));
+        let b = small.iter().copied().filter(|i| !first(i) && then(i));
+        a.chain(b).take(SUBSET_EACH).collect()
+    };
+    fn related(i: &Item) -> Vec<&Related> {
+        i.related.iter().filter(|r| r.score > 0).collect()
+    }
+    let c_only = pick(&|i| !i.is_header() && related(i).is_empty(), &|_| false);
+    let c_and_h_any = |i: &Item| {
+        let r = related(i);
+        !i.is_header() && !r.is_empty() && r.iter().all(|r| cheap(r.units))
+    };
+    let c_and_h = pick(
+        &|i| {
+            c_and_h_any(i)
+                && related(i)
                     .iter()
-                    .filter(|r| r.score > 0)
-                    .all(|r| cheap(r.units))
-        })
-        .take(SUBSET_EACH);
-    let h_only = items
-        .iter()
-        .filter(small)
-        .filter(|i| {
-            i.is_header()
-                && !related_headers.contains(i.file.as_str())
-                && matches!(i.place, Place::Header { units } if cheap(units))
-        })
-        .take(SUBSET_EACH);
-    let mut v: Vec<&Item> = c_only.chain(c_and_h).chain(h_only).collect();
+                    .all(|r| !in_type_definition(diff(&r.header)))
+        },
+        &c_and_h_any,
+    );
+    let header =
+        |i: &Item| i.is_header() && matches!(i.place, Place::Header { units } if cheap(units));
+    let h = pick(&|i| header(i) && inline_code_only(diff(&i.file)), &header);
+    let mut v: Vec<&Item> = c_only.into_iter().chain(c_and_h).chain(h).collect();
     v.sort_by(|a, b| a.id.cmp(&b.id));
     v
 }
@@ -327,6 +335,7 @@ mod tests {
             unit("k9.o"),
             vec![("k/a.h", 1, 3), ("k/big.h", 0, 900)],
         ));
+        items.push(item("c010", "k/10.c", unit("k10.o"), vec![("k/s.h", 1, 3)]));
         items.push(item("h001", "k/a.h", Place::Header { units: 3 }, vec![]));
         items.push(item("h002", "k/b.h", Place::Header { units: 4 }, vec![]));
         items.push(item(
@@ -335,7 +344,39 @@ mod tests {
             Place::Header { units: 900 },
             vec![],
         ));
-        let ids: Vec<&str> = subset(&items, 30).iter().map(|i| i.id.as_str()).collect();
-        assert_eq!(ids, vec!["c001", "c002", "c003", "c007", "c009", "h002"]);
+        items.push(item("h004", "k/c.h", Place::Header { units: 2 }, vec![]));
+        items.push(item("h005", "k/s.h", Place::Header { units: 3 }, vec![]));
+        let hunk = |path: &str, ctx: &str| ChangedFile {
+            path: path.into(),
+            change: Change::Modified,
+            lines: 2,
+            diff: format!("--- a/{path}\n+++ b/{path}\n@@ -1 +1 @@ {ctx}\n-a\n+b\n"),
+        };
+        let changes = vec![
+            hunk("k/a.h", "int f(void);"),
+            hunk("k/b.h", "static inline int g(void)"),
+            hunk("k/c.h", "int h(void);"),
+            hunk("k/s.h", "struct s {"),
+        ];
+        let ids: Vec<&str> = subset(&items, &changes, 30)
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect();
+        // c010 relates to a structure's change: after c007 and c009. The
+        // inline change h002 comes first; h003 reaches too many units.
+        assert_eq!(
+            ids,
+            vec!["c001", "c002", "c003", "c007", "c009", "c010", "h001", "h002", "h004"]
+        );
+        // Without an inline change, headers come in path order.
+        let fewer: Vec<Item> = items.iter().filter(|i| i.id != "h002").cloned().collect();
+        let ids: Vec<String> = subset(&fewer, &changes, 30)
+            .iter()
+            .map(|i| i.id.clone())
+            .collect();
+        assert_eq!(
+            ids,
+            vec!["c001", "c002", "c003", "c007", "c009", "c010", "h001", "h004", "h005"]
+        );
     }
 }

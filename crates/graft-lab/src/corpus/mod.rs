@@ -212,6 +212,7 @@ impl Corpus {
             graft_id: build::file_sha256(graft)?,
             target: self.target.clone(),
             dir: self.dir.clone(),
+            results: Some(self.dir.join("results.json")),
             cache: cache.to_owned(),
             max_units,
             jobs,
@@ -219,15 +220,18 @@ impl Corpus {
     }
 
     /// Loads the built modules of `results` in VMs booting the target;
-    /// results of modules loaded before (same bytes) are reused.
+    /// with `reuse`, results of modules loaded before (same bytes) are
+    /// reused and the new ones kept.
     pub fn load(
         &self,
         results: &[ItemResult],
+        reuse: bool,
         progress: &mut dyn FnMut(&str),
     ) -> Result<BTreeMap<String, LoadOutcome>, LabError> {
         let path = self.dir.join("loads.json");
         let mut cached: BTreeMap<String, LoadOutcome> = std::fs::read(&path)
             .ok()
+            .filter(|_| reuse)
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let mut out = BTreeMap::new();

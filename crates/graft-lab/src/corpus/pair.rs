@@ -81,6 +81,9 @@ fn downloadable(apt: &Apt, k: &kernel::ServedKernel) -> Result<bool, LabError> {
     ))
 }
 
+/// Sets a pair up and counts its changed kernel `.c` files.
+pub type CountFn<'a> = dyn FnMut(&Pair, &mut dyn FnMut(&str)) -> Result<usize, LabError> + 'a;
+
 /// Chooses the pair: the one `from`/`to` name (Debian versions or
 /// releases of kernels apt serves), else by the default rule. `count`
 /// sets up both kernels in the lab and returns how many kernel `.c` files
@@ -91,7 +94,7 @@ pub fn choose(
     corpus_root: &Path,
     from: Option<&str>,
     to: Option<&str>,
-    count: &mut dyn FnMut(&Pair, &mut dyn FnMut(&str)) -> Result<usize, LabError>,
+    count: &mut CountFn<'_>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(Pair, Vec<Considered>), LabError> {
     let apt = Apt::new();
