@@ -137,6 +137,8 @@ pub fn run(lab_root: &Path, a: Args) -> Result<ExitCode> {
         results.extend(builder.run(&headers, &c.changes, &progress)?);
     }
     let build_seconds = build_start.elapsed().as_secs_f64();
+    results.sort_by_key(|r| corpus::id_order(&r.id));
+    corpus::dedupe(&mut results);
     let load_start = Instant::now();
     let loads = if a.no_load {
         Default::default()

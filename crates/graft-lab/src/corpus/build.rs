@@ -55,7 +55,7 @@ pub struct ItemResult {
 /// The version of the item procedure (how attempts are grouped): a result
 /// an older one left as "does not compile" or an error is redone, the
 /// others stay valid (their builds did not depend on it).
-pub const METHOD: u32 = 2;
+pub const METHOD: u32 = 3;
 
 impl ItemResult {
     /// The item needed headers of the update to compile.
@@ -267,7 +267,7 @@ impl Builder {
         let mut files = own.clone();
         let mut attempts = vec![self.attempt(job, item, &files, changes, &out)?];
         let mut fallback = header_groups(item).into_iter();
-        while attempts.len() < MAX_ATTEMPTS && !item.is_header() {
+        while attempts.len() < MAX_ATTEMPTS {
             let next: Vec<String> = match &attempts.last().expect("one").outcome {
                 Outcome::DoesNotCompile { first_error } => {
                     let more = needed_by(first_error, &files, item, changes);

@@ -168,9 +168,11 @@ const BATCH: usize = 25;
 const BATCH_BYTES: u64 = 160 << 20;
 
 /// Loads every module of `todo` in VMs booting `lab`'s kernel.
+/// Each boot's console is kept in `consoles` (`boot-N.log`) when given.
 pub fn load_all(
     lab: &Lab,
     todo: &[ToLoad],
+    consoles: Option<&Path>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<BTreeMap<String, LoadOutcome>, LabError> {
     let files = module_files(&lab.modules_dir());
@@ -226,6 +228,10 @@ pub fn load_all(
                 None => return Err(e),
             },
         };
+        if let Some(dir) = consoles {
+            let _ = std::fs::create_dir_all(dir);
+            let _ = std::fs::write(dir.join(format!("boot-{boot}.log")), &console);
+        }
         let parsed = parse_console(&console);
         let mut cut = None;
         for (i, (t, _, _)) in batch.iter().enumerate() {

@@ -121,6 +121,36 @@ fn changes_of(
     Ok((from, cached.changes))
 }
 
+/// Sort key of an item id: `.c` items, then headers, each by number.
+pub fn id_order(id: &str) -> (bool, u64) {
+    (
+        id.starts_with('h'),
+        id.get(1..).and_then(|n| n.parse().ok()).unwrap_or(u64::MAX),
+    )
+}
+
+/// An item whose files are the same as an earlier item's (two files of
+/// one multi-file fix each grow into the whole fix) is that fix again: it
+/// is marked so, and counted and loaded once. `results` in item order.
+pub fn dedupe(results: &mut [ItemResult]) {
+    let mut seen: Vec<(Vec<String>, String)> = Vec::new();
+    for r in results.iter_mut() {
+        if r.files.len() < 2 {
+            continue;
+        }
+        let mut set = r.files.clone();
+        set.sort();
+        if let Some((_, first)) = seen.iter().find(|(s, _)| *s == set) {
+            r.outcome = Outcome::Skipped {
+                why: format!("the same fix as {first}, which this file is part of"),
+            };
+            r.module = None;
+        } else {
+            seen.push((set, r.id.clone()));
+        }
+    }
+}
+
 /// How many kernel `.c` files changed.
 pub fn c_files(changes: &[ChangedFile]) -> usize {
     changes.iter().filter(|c| !c.is_header()).count()
@@ -251,7 +281,9 @@ impl Corpus {
             }
         }
         if !todo.is_empty() {
-            let fresh = load::load_all(&self.target, &todo, progress)?;
+            // The consoles of a cached run are kept with the results.
+            let consoles = reuse.then(|| self.dir.join("vm"));
+            let fresh = load::load_all(&self.target, &todo, consoles.as_deref(), progress)?;
             for (id, o) in fresh {
                 if let Some(sha) = shas.get(&id) {
                     cached.insert(sha.clone(), o.clone());

@@ -142,8 +142,8 @@ pub fn markdown(
         s,
         "**The update:** Debian's kernel source `{}` → `{}`, the fixes an operator of kernel **{}** (Debian {}) wants live. \
 Every changed kernel `.c` file (not `tools/`, `scripts/`, `samples/`, `Documentation/`, `usr/`, nor `arch/` other than x86) is an item; \
-a `.c` change that does not compile without a header change of the same update is retried with the changed headers its unit includes; \
-changed headers no `.c` item needed are items of their own. Items of at most {} changed lines are the corpus. \
+one that does not compile alone is retried with what the errors ask for — the changed headers whose change touches a name the compiler quotes (else the changed headers its unit includes), the other changed `.c` file an error is in, or the changed file that adds a function graft says the kernel lacks — so a multi-file fix becomes one item (listed once: the items it absorbed say so); \
+changed headers no `.c` item needed are items of their own. Items of at most {} changed lines (of their own file) are the corpus. \
 Each is built with `graft build --json` against the target's files (tree, config, symbols, headers, image, modules) \
 with `--max-units {}`, and every built module is loaded in a VM booting the target kernel \
 (modules it patches loaded first; insmod, transition, disable, rmmod; the kernel log checked for WARNING, Oops, BUG, Call Trace and livepatch errors).\n",
@@ -205,7 +205,7 @@ with `--max-units {}`, and every built module is loaded in a VM booting the targ
     );
     row(
         &mut s,
-        "skipped (the update removes the file)",
+        "skipped (the update removes the file, or the same multi-file fix as an earlier item)",
         t.skipped,
         t.items,
     );
@@ -279,13 +279,19 @@ with `--max-units {}`, and every built module is loaded in a VM booting the targ
             "The tree's unit index took {i:.1} s to build (once per tree)."
         );
     }
-    if facts.build_seconds > 0.0 {
-        let _ = writeln!(
-            s,
-            "This run: builds {:.0} s, VM loads {:.0} s.",
-            facts.build_seconds, facts.load_seconds
-        );
-    }
+    let total: f64 = results
+        .iter()
+        .flat_map(|r| &r.attempts)
+        .map(|a| a.seconds)
+        .sum();
+    let attempts: usize = results.iter().map(|r| r.attempts.len()).sum();
+    let _ = writeln!(
+        s,
+        "All {attempts} `graft build` runs of the corpus took {:.1} h; this run spent {:.0} s building (the rest was cached) and {:.0} s loading modules in VMs.",
+        total / 3600.0,
+        facts.build_seconds,
+        facts.load_seconds
+    );
 
     // Refusals by rule.
     let mut by_rule: BTreeMap<String, Vec<&ItemResult>> = BTreeMap::new();
@@ -366,6 +372,20 @@ with `--max-units {}`, and every built module is loaded in a VM booting the targ
         }
     }
 
+    let _ = writeln!(s, "\n## The CI subset\n");
+    let _ = writeln!(
+        s,
+        "`./run test` builds about ten items of whatever update the archive gives (`crates/graft/tests/corpus_subset.rs`, `graft-lab corpus --subset`), chosen by a rule that names no version and no file: among the in-kernel items of at most {} lines, in path order, {} of each kind — `.c` changes no changed header relates to; `.c` changes that relate to changed headers (their new code uses a name the header change adds, removes or re-declares), first those whose headers change no structure definition; header changes, first those that only change `static inline` code — counting headers only when at most {} units include them. It asserts that every outcome is explained and that every built module loads, completes its transition, disables and unloads cleanly in one VM. Here:\n",
+        facts.max_lines,
+        super::items::SUBSET_EACH,
+        super::items::SUBSET_MAX_UNITS
+    );
+    let chosen: Vec<String> = super::items::subset(&corpus.items, &corpus.changes, facts.max_lines)
+        .iter()
+        .map(|i| format!("{} `{}`", i.id, i.file))
+        .collect();
+    let _ = writeln!(s, "{}", chosen.join(", "));
+
     let _ = writeln!(s, "\n## Every item\n");
     let _ = writeln!(
         s,
@@ -408,6 +428,11 @@ Build time is the last `graft build` attempt's; `+N` after the lines counts the 
         } else {
             format!("{:.1}", r.seconds)
         };
+        // One file: its functions need no file name.
+        let mut reason = r.outcome.reason();
+        if let [only] = r.files.as_slice() {
+            reason = reason.replace(&format!("{only}: "), "");
+        }
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -416,7 +441,7 @@ Build time is the last `graft build` attempt's; `+N` after the lines counts the 
             lines,
             place,
             r.outcome.label(),
-            cell(&first_chars(&r.outcome.reason(), 200)),
+            cell(&first_chars(&reason, 200)),
             secs,
             cell(&load)
         );
