@@ -336,13 +336,14 @@ pub fn error_file(error: &str) -> Option<&str> {
     (f.ends_with(".c") || f.ends_with(".h")).then_some(f)
 }
 
-/// The identifiers a compiler error quotes (`‘foo’`, `'struct bar'`).
+/// The identifiers a compiler error quotes (`‘foo’`, `'struct bar'`,
+/// `macro "baz"`).
 pub fn quoted_names(error: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut rest = error;
-    while let Some(open) = rest.find(['\u{2018}', '\'']) {
+    while let Some(open) = rest.find(['\u{2018}', '\'', '"']) {
         let after = &rest[open + rest[open..].chars().next().map_or(1, char::len_utf8)..];
-        let Some(close) = after.find(['\u{2019}', '\'']) else {
+        let Some(close) = after.find(['\u{2019}', '\'', '"']) else {
             break;
         };
         for (w, _) in words(&after[..close]) {
@@ -421,6 +422,12 @@ mod tests {
         let names: Vec<String> = quoted_names(ascii).into_iter().collect();
         assert_eq!(names, vec!["bar_baz", "foo"]);
         assert_eq!(error_file("make[3]: *** [x] Error 1"), None);
+        let m =
+            "d.c:399:33: error: macro \"dvb_vb2_fill_buffer\" passed 5 arguments, but takes just 4";
+        assert_eq!(
+            quoted_names(m).into_iter().collect::<Vec<_>>(),
+            vec!["dvb_vb2_fill_buffer"]
+        );
     }
 
     #[test]
