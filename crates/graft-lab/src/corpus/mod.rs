@@ -298,3 +298,48 @@ impl Corpus {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(id: &str, files: &[&str], outcome: Outcome) -> ItemResult {
+        ItemResult {
+            id: id.into(),
+            key: String::new(),
+            files: files.iter().map(|f| f.to_string()).collect(),
+            lines: 1,
+            outcome,
+            seconds: 1.0,
+            attempts: Vec::new(),
+            module: Some("/m.ko".into()),
+            method: build::METHOD,
+        }
+    }
+
+    #[test]
+    fn one_multi_file_fix_counts_once() {
+        let refused = Outcome::Refused {
+            rules: vec!["export-crc".into()],
+            message: "m".into(),
+        };
+        let mut v = vec![
+            result("c007", &["a.c", "x.h", "b.c"], refused.clone()),
+            result("c008", &["b.c", "x.h", "a.c"], refused.clone()),
+            result("c009", &["c.c"], refused.clone()),
+            result("c010", &["c.c", "y.h"], refused),
+        ];
+        dedupe(&mut v);
+        assert!(matches!(&v[1].outcome, Outcome::Skipped { why } if why.contains("c007")));
+        assert!(v[1].module.is_none());
+        assert!(matches!(v[0].outcome, Outcome::Refused { .. }));
+        assert!(matches!(v[3].outcome, Outcome::Refused { .. }));
+    }
+
+    #[test]
+    fn ids_sort_by_kind_then_number() {
+        let mut ids = vec!["h002", "c1000", "c999", "h010", "c001"];
+        ids.sort_by_key(|i| id_order(i));
+        assert_eq!(ids, vec!["c001", "c999", "c1000", "h002", "h010"]);
+    }
+}

@@ -191,6 +191,16 @@ with `--max-units {}`, and every built module is loaded in a VM booting the targ
         facts.max_lines, facts.max_lines
     );
 
+    let _ = writeln!(
+        s,
+        "**Outcomes.** *built*: graft wrote the module and verified every function it replaces or calls against the target's code; \
+*refused*: graft names the rule the patch breaks — a true change a live patch must not make (`layout-changed`, `data-changed`, `init-code`, `export-crc`, `constant-in-data`) or a limitation of graft (the others); \
+*not in kernel*: the target's build does not compile the file (graft's unit index, or graft itself); \
+*does not compile*: the patched source does not compile even with what its errors asked for (the compiler's first error); \
+*no code change*: the compiled code is the same before and after (a comment, or code of another configuration); \
+*skipped*: the update removes the file, or the item is part of an earlier item's multi-file fix; \
+*ERROR*: anything else graft said — unexplained, a bug to fix.\n"
+    );
     let _ = writeln!(s, "## Totals\n");
     let _ = writeln!(s, "| | items | share |\n|---|---:|---:|");
     let row = |s: &mut String, what: &str, n: usize, of: usize| {
