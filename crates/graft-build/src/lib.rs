@@ -177,6 +177,22 @@ pub fn probe_layout(tree: &std::path::Path) -> Result<graft_diff::Layout, BuildE
     Ok(graft_diff::Layout::from_probe(&obj)?)
 }
 
+/// The unit index of `tree` (the units the target's build compiles, and the
+/// headers each includes), made in graft's private copy of the tree under
+/// `cache` and cached there: the same index `graft build` uses for header
+/// changes, so a caller that asks first saves the build the work. Returns
+/// the seconds spent building it, when this call built it.
+pub fn unit_index(
+    tree: &std::path::Path,
+    cache: &std::path::Path,
+) -> Result<(graft_kbuild::index::Index, Option<f64>), BuildError> {
+    let tree = graft_kbuild::tree::KernelTree::open(tree)?;
+    let (mirror, _) = graft_kbuild::mirror::Mirror::sync(&tree, &cache.join("build"))?;
+    let (index, built) = workspace::cached_index(&mirror, &tree)?;
+    let seconds = built.then_some(index.seconds);
+    Ok((index, seconds))
+}
+
 /// graft's cache: `/var/cache/graft` as root, else the user's cache directory.
 pub fn default_cache() -> PathBuf {
     let root = std::fs::metadata("/proc/self")

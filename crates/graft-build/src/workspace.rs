@@ -57,6 +57,22 @@ impl Sources {
     }
 }
 
+/// The unit index of `tree`'s private copy, built once per state of the
+/// tree and make variables and cached with the copy; whether it was built now.
+pub(crate) fn cached_index(mirror: &Mirror, tree: &KernelTree) -> Result<(Index, bool)> {
+    let key = mirror.fingerprint()
+        ^ tree
+            .make_vars
+            .iter()
+            .fold(0u64, |h, v| h.rotate_left(5) ^ fnv(v.as_bytes()));
+    Ok(Index::cached(
+        mirror.state_dir(),
+        key,
+        &mirror.root,
+        &tree.make_vars,
+    )?)
+}
+
 pub struct Workspace {
     pub sources: Sources,
     mirror: Mirror,
@@ -150,19 +166,7 @@ impl Workspace {
         progress(Event::Step(
             "indexing the tree's units and includes (once per tree)",
         ));
-        let key = self.mirror.fingerprint()
-            ^ self
-                .sources
-                .tree
-                .make_vars
-                .iter()
-                .fold(0u64, |h, v| h.rotate_left(5) ^ fnv(v.as_bytes()));
-        let (index, built) = Index::cached(
-            self.mirror.state_dir(),
-            key,
-            &self.mirror.root,
-            &self.sources.tree.make_vars,
-        )?;
+        let (index, built) = cached_index(&self.mirror, &self.sources.tree)?;
         if built {
             self.index_seconds = Some(index.seconds);
         }

@@ -30,11 +30,15 @@
 //!                              source, kallsyms), written last
 //! ```
 //!
+//! [`corpus`] builds the fixes of a Debian kernel update with graft, one item per changed file, and
+//! loads the built ones in a VM booting the kernel they are for (`graft-lab corpus`, `./run corpus`).
+//!
 //! Building in the source tree: use [`Lab::make_command`], which passes `CC=<the image's compiler>`
 //! and `KERNELRELEASE=<release>` (see [`SourceInfo::make_vars`]).
 
 mod apt;
 mod cmd;
+pub mod corpus;
 mod cpio;
 mod error;
 mod kallsyms;

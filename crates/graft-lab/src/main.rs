@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use graft_lab::{run_scenario, Lab, LabError, Scenario};
 
+mod corpus_cmd;
 mod demo;
 
 #[derive(Parser)]
@@ -55,6 +56,9 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         patch: PathBuf,
     },
+    /// Build the real fixes of a Debian kernel update with graft, one per changed file, and load
+    /// every built one in a VM booting the kernel they are for (see docs/corpus.md)
+    Corpus(corpus_cmd::Args),
     /// Boot the lab kernel and run a shell script as root in the guest; prints the console
     Run {
         /// Host file with the script (`-` reads standard input)
@@ -151,6 +155,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let lab = Lab::open(&root)?;
             demo::run(&lab, &graft, &patch)?;
         }
+        Cmd::Corpus(args) => return corpus_cmd::run(&root, args),
         Cmd::Kallsyms => {
             let mut lab = Lab::open(&root)?;
             let mut progress = progress_printer();

@@ -42,6 +42,8 @@ pub struct ModuleInfo {
     pub vermagic: Option<String>,
     pub livepatch: bool,
     pub description: Option<String>,
+    /// The modules it needs loaded first (`depends=`, kernel names).
+    pub depends: Vec<String>,
     pub signed: bool,
     /// The modules the patch has klp relocations for (`.klp.rela.<module>.*`
     /// sections): livepatch writes them into the patch each time that module
@@ -110,6 +112,14 @@ impl ModuleInfo {
             vermagic: get("vermagic"),
             livepatch: get("livepatch").as_deref() == Some("Y"),
             description: get("description"),
+            depends: get("depends")
+                .map(|d| {
+                    d.split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
             signed: data.ends_with(SIGNATURE_MARKER),
             klp_modules: klp_modules(&file),
             graft,
@@ -275,6 +285,7 @@ pub(crate) mod tests {
                 "graft_reload=graft",
                 "name=livepatch_x",
                 "vermagic=6.1.0-56-amd64 SMP preempt mod_unload modversions ",
+                "depends=libcrc32c,af_alg",
             ],
             false,
             &[
@@ -286,6 +297,7 @@ pub(crate) mod tests {
         );
         let m = ModuleInfo::parse(Path::new("livepatch-x.ko"), &b).unwrap();
         assert_eq!(m.name, "livepatch_x");
+        assert_eq!(m.depends, vec!["libcrc32c", "af_alg"]);
         assert!(m.livepatch && !m.signed);
         assert_eq!(m.release(), Some("6.1.0-56-amd64"));
         let g = m.graft.unwrap();
