@@ -86,7 +86,7 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
         Some(graft_target::KernelImage::read(&inputs.target.image)?)
     };
     progress(Event::Step("diffing and verifying"));
-    let layout = probe_layout(&ws.mirror_root())?;
+    let layout = layout_of(&ws.probe(graft_diff::layout::PROBE)?)?;
     let units = units::read(&ws, &target)?;
     let diffs = units::diff(&units, &target, &layout)?;
     let verified = units::verify(&units, &diffs, &target, image.as_ref())?;
@@ -125,6 +125,7 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
             })
             .collect(),
         index_seconds: ws.index_seconds,
+        kept_originals: ws.kept_originals.clone(),
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -172,8 +173,14 @@ fn validate_name(name: &str) -> Result<(), BuildError> {
 /// The entry layouts of the kernel's special sections, from a probe
 /// compiled against the prepared tree `tree` (only read).
 pub fn probe_layout(tree: &std::path::Path) -> Result<graft_diff::Layout, BuildError> {
-    let bytes = graft_kbuild::probe::compile(tree, graft_diff::layout::PROBE)?;
-    let obj = graft_elf::Object::parse(&bytes, std::path::Path::new("graft-probe.o"))?;
+    layout_of(&graft_kbuild::probe::compile(
+        tree,
+        graft_diff::layout::PROBE,
+    )?)
+}
+
+fn layout_of(bytes: &[u8]) -> Result<graft_diff::Layout, BuildError> {
+    let obj = graft_elf::Object::parse(bytes, std::path::Path::new("graft-probe.o"))?;
     Ok(graft_diff::Layout::from_probe(&obj)?)
 }
 

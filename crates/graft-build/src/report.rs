@@ -25,6 +25,10 @@ pub struct BuildReport {
     /// Seconds spent building the tree's unit index, when this build did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index_seconds: Option<f64>,
+    /// Units whose original object was kept from an earlier build of the
+    /// same tree state (only their patched side was compiled).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_originals: Vec<String>,
     pub seconds: f64,
 }
 
