@@ -9,6 +9,7 @@
 
 mod buildinfo;
 mod error;
+mod image;
 mod module;
 mod report;
 pub mod target;
@@ -83,7 +84,7 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
         None
     } else {
         progress(Event::Step("reading the target kernel's image"));
-        Some(graft_target::KernelImage::read(&inputs.target.image)?)
+        Some(image::read(&inputs.target.image, &inputs.cache)?)
     };
     progress(Event::Step("diffing and verifying"));
     let layout = layout_of(&ws.probe(graft_diff::layout::PROBE)?)?;
@@ -116,6 +117,7 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
             .chain(module.warnings.iter().cloned())
             .collect(),
         klp_relocations: module.klp_relocations,
+        module_linked_by: module.linked_by.clone(),
         headers: ws
             .header_units
             .iter()

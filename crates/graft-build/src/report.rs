@@ -19,6 +19,9 @@ pub struct BuildReport {
     /// Things graft accepted but that do not do what they may seem to.
     pub warnings: Vec<String>,
     pub klp_relocations: usize,
+    /// Who linked the module: `graft` (kbuild's commands replayed), or
+    /// `kbuild (why graft did not)`.
+    pub module_linked_by: String,
     /// Changed headers and the units of the target that include them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderReport>,

@@ -179,7 +179,7 @@ fn write_atomic(to: &Path, bytes: &[u8]) -> Result<(), KbuildError> {
 
 /// Which program `tool` is (found in `PATH`, links followed) and its size
 /// and mtime: a compiler upgraded in place changes it.
-fn toolchain_stamp(tool: &str) -> String {
+pub(crate) fn toolchain_stamp(tool: &str) -> String {
     let found = if tool.contains('/') {
         Some(PathBuf::from(tool))
     } else {
@@ -220,7 +220,7 @@ fn prune(base: &Path) {
     }
 }
 
-fn fnv(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
