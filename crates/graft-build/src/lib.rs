@@ -9,6 +9,7 @@
 
 mod buildinfo;
 mod error;
+mod image;
 mod module;
 mod report;
 pub mod target;
@@ -83,10 +84,10 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
         None
     } else {
         progress(Event::Step("reading the target kernel's image"));
-        Some(graft_target::KernelImage::read(&inputs.target.image)?)
+        Some(image::read(&inputs.target.image, &inputs.cache)?)
     };
     progress(Event::Step("diffing and verifying"));
-    let layout = probe_layout(&ws.mirror_root())?;
+    let layout = layout_of(&ws.probe(graft_diff::layout::PROBE)?)?;
     let units = units::read(&ws, &target)?;
     let diffs = units::diff(&units, &target, &layout)?;
     let verified = units::verify(&units, &diffs, &target, image.as_ref())?;
@@ -116,6 +117,7 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
             .chain(module.warnings.iter().cloned())
             .collect(),
         klp_relocations: module.klp_relocations,
+        module_linked_by: module.linked_by.clone(),
         headers: ws
             .header_units
             .iter()
@@ -125,6 +127,7 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
             })
             .collect(),
         index_seconds: ws.index_seconds,
+        kept_originals: ws.kept_originals.clone(),
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -172,8 +175,14 @@ fn validate_name(name: &str) -> Result<(), BuildError> {
 /// The entry layouts of the kernel's special sections, from a probe
 /// compiled against the prepared tree `tree` (only read).
 pub fn probe_layout(tree: &std::path::Path) -> Result<graft_diff::Layout, BuildError> {
-    let bytes = graft_kbuild::probe::compile(tree, graft_diff::layout::PROBE)?;
-    let obj = graft_elf::Object::parse(&bytes, std::path::Path::new("graft-probe.o"))?;
+    layout_of(&graft_kbuild::probe::compile(
+        tree,
+        graft_diff::layout::PROBE,
+    )?)
+}
+
+fn layout_of(bytes: &[u8]) -> Result<graft_diff::Layout, BuildError> {
+    let obj = graft_elf::Object::parse(bytes, std::path::Path::new("graft-probe.o"))?;
     Ok(graft_diff::Layout::from_probe(&obj)?)
 }
 

@@ -1,6 +1,8 @@
 //! The module: patch objects and the registration stub, linked against the
-//! target's headers, with klp relocations made after the link; written
-//! through a temporary file and a rename, never half-written.
+//! target's headers (by graft with kbuild's commands, or by kbuild where
+//! graft does not link it the same way), with klp relocations made after
+//! the link; written through a temporary file and a rename, never
+//! half-written.
 
 use std::path::Path;
 
@@ -16,6 +18,8 @@ pub struct Linked {
     pub klp_relocations: usize,
     /// What the module cannot do on this kernel (reload a patched module).
     pub warnings: Vec<String>,
+    /// Who linked it: `graft`, or `kbuild (why graft did not)`.
+    pub linked_by: String,
 }
 
 pub fn link(
@@ -70,17 +74,35 @@ pub fn link(
             jump_notify: graft_klp::jumps::support(&target.symbols).ok(),
         },
     )?;
+    let sources = graft_kbuild::module::ModuleSources {
+        name: &module_name,
+        stub_c: &stub,
+        objects: &objects,
+    };
+    let exports = |name: &str| {
+        target
+            .exports
+            .get(name)
+            .map(|e| graft_kbuild::module::Export {
+                crc: e.crc,
+                module: e.module.clone(),
+                gpl_only: e.gpl_only,
+                namespace: e.namespace.clone(),
+            })
+    };
+    let headers = &target.paths.headers;
+    let linker = graft_kbuild::module::Linker::open(headers, &inputs.cache, &exports)?;
     let dir = ws.work_dir().join("module");
     std::fs::create_dir_all(&dir)?;
-    let ko = graft_kbuild::module::build(
-        &target.paths.headers,
-        &dir,
-        &graft_kbuild::module::ModuleSources {
-            name: &module_name,
-            stub_c: &stub,
-            objects: &objects,
-        },
-    )?;
+    let (ko, linked_by) = match linker.link(&dir, &sources, &exports)? {
+        graft_kbuild::module::Linked::Module(ko) => (ko, "graft".to_owned()),
+        graft_kbuild::module::Linked::Unsupported(why) => {
+            let dir = ws.work_dir().join("module-kbuild");
+            std::fs::create_dir_all(&dir)?;
+            let ko = graft_kbuild::module::build(headers, &dir, &sources)?;
+            (ko, format!("kbuild ({why})"))
+        }
+    };
     let linked = std::fs::read(&ko)?;
     // The klp object of each section of a module's code.
     let objects: std::collections::HashMap<String, String> = plans
@@ -101,6 +123,7 @@ pub fn link(
             .collect(),
         bytes,
         klp_relocations,
+        linked_by,
     })
 }
 

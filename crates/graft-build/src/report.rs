@@ -19,12 +19,19 @@ pub struct BuildReport {
     /// Things graft accepted but that do not do what they may seem to.
     pub warnings: Vec<String>,
     pub klp_relocations: usize,
+    /// Who linked the module: `graft` (kbuild's commands replayed), or
+    /// `kbuild (why graft did not)`.
+    pub module_linked_by: String,
     /// Changed headers and the units of the target that include them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderReport>,
     /// Seconds spent building the tree's unit index, when this build did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index_seconds: Option<f64>,
+    /// Units whose original object was kept from an earlier build of the
+    /// same tree state (only their patched side was compiled).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_originals: Vec<String>,
     pub seconds: f64,
 }
 

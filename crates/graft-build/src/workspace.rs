@@ -1,12 +1,14 @@
 //! Where the build happens: the user's tree and patch (only read), graft's
-//! private copy of the tree (patched, compiled, reverted there), and a work
-//! directory holding the original and patched objects of every unit.
+//! private copy of the tree (patched, compiled, reverted there), the
+//! original objects kept per tree state, and a work directory holding the
+//! original and patched objects of every unit.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use graft_kbuild::compile::{self, Linkage};
 use graft_kbuild::mirror::Mirror;
+use graft_kbuild::objects::ObjectCache;
 use graft_kbuild::patch::SourcePatch;
 use graft_kbuild::tree::KernelTree;
 
@@ -76,7 +78,11 @@ pub(crate) fn cached_index(mirror: &Mirror, tree: &KernelTree) -> Result<(Index,
 pub struct Workspace {
     pub sources: Sources,
     mirror: Mirror,
+    objects: ObjectCache,
     work: tempfile::TempDir,
+    /// Held while the build runs: a work directory whose lock is free
+    /// belongs to a build that was killed, and the next build removes it.
+    _work_lock: std::fs::File,
     jobs: usize,
     keep: Option<PathBuf>,
     /// Every object to compile: the changed C files', then the includers of
@@ -87,6 +93,9 @@ pub struct Workspace {
     pub linkage: Vec<Linkage>,
     /// The objects compiled so far, both builds kept in the work directory.
     pub compiled: Vec<String>,
+    /// Of those, the ones whose original came from the objects kept for
+    /// this tree state (only the patched side was compiled).
+    pub kept_originals: Vec<String>,
     /// For each changed header, the units of the target that include it.
     pub header_units: Vec<(String, Vec<String>)>,
     /// How long building the unit index took, when this build built it.
@@ -116,6 +125,8 @@ impl Workspace {
         std::fs::create_dir_all(&inputs.output)
             .with_context(|| format!("cannot create {}", inputs.output.display()))?;
         let (mirror, _) = Mirror::sync(&sources.tree, &inputs.cache.join("build"))?;
+        let objects = ObjectCache::open(&mirror, &sources.tree.make_vars)?;
+        remove_stale_work(&inputs.cache);
         let work = tempfile::Builder::new()
             .prefix("work-")
             .tempdir_in(&inputs.cache)
@@ -125,25 +136,25 @@ impl Workspace {
                     inputs.cache.display()
                 )
             })?;
+        let work_lock = lock_work(work.path())?;
         mirror.check(&sources.patch)?;
         // <graft/livepatch.h> and kpatch's headers, in the copy only.
         graft_kbuild::headers::install(&mirror.root)?;
         Ok(Workspace {
             sources,
             mirror,
+            objects,
             work,
+            _work_lock: work_lock,
             jobs: inputs.jobs,
             keep: inputs.keep_work.clone(),
             units: Vec::new(),
             linkage: Vec::new(),
             compiled: Vec::new(),
+            kept_originals: Vec::new(),
             header_units: Vec::new(),
             index_seconds: None,
         })
-    }
-
-    pub fn mirror_root(&self) -> PathBuf {
-        self.mirror.root.clone()
     }
 
     pub fn work_dir(&self) -> &Path {
@@ -209,8 +220,9 @@ impl Workspace {
         first
     }
 
-    /// Compiles `objects` from the original source, then from the patched
-    /// source (the copy is reverted whatever happens), keeping both builds.
+    /// Compiles `objects` from the original source (or takes the originals
+    /// kept for this tree state), then from the patched source (the copy is
+    /// reverted whatever happens), keeping both builds.
     pub fn compile_pair(
         &mut self,
         objects: &[String],
@@ -224,9 +236,25 @@ impl Workspace {
         if objects.is_empty() {
             return Ok(());
         }
-        progress(Event::Step("compiling the original objects"));
-        let linkage = self.compile(&objects, "the original source")?;
-        self.keep(&objects, "orig")?;
+        let mut linkage = std::collections::HashMap::new();
+        for o in &objects {
+            if let Some(l) = self.objects.get(o, &self.object_path("orig", o))? {
+                linkage.insert(o.clone(), l);
+                self.kept_originals.push(o.clone());
+            }
+        }
+        let missing: Vec<String> = objects
+            .iter()
+            .filter(|o| !linkage.contains_key(*o))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            progress(Event::Step("compiling the original objects"));
+            let built = self.compile(&missing, "the original source")?;
+            self.keep(&missing, "orig")?;
+            self.keep_originals(&missing, &built)?;
+            linkage.extend(missing.iter().cloned().zip(built));
+        }
         progress(Event::Step("compiling the patched objects"));
         let built = self
             .mirror
@@ -237,9 +265,49 @@ impl Workspace {
         self.mirror.revert()?;
         built?;
         self.keep(&objects, "patched")?;
-        self.linkage.extend(linkage);
+        self.linkage
+            .extend(objects.iter().map(|o| linkage[o.as_str()]));
         self.compiled.extend(objects);
         Ok(())
+    }
+
+    /// Keeps the originals just compiled for later builds of this tree
+    /// state, unless a file they were compiled from changed in the user's
+    /// tree since the sync (then the objects are not the tree's state).
+    fn keep_originals(&self, objects: &[String], linkage: &[Linkage]) -> Result<()> {
+        let root = &self.mirror.root;
+        let mut sources: Vec<String> = objects
+            .iter()
+            .flat_map(|o| graft_kbuild::objects::sources_of(&root.join(o)))
+            .collect();
+        sources.sort();
+        sources.dedup();
+        // Files graft installs in the copy are not the user's.
+        sources.retain(|s| self.mirror.held(s).is_some());
+        let changed = self
+            .mirror
+            .changed_since_sync(sources.iter().map(String::as_str));
+        if let Some(f) = changed.first() {
+            bail!(
+                "{f} changed in {} while graft compiled it; hint: build again once the tree is settled",
+                self.sources.tree.root.display()
+            );
+        }
+        for (o, l) in objects.iter().zip(linkage) {
+            self.objects.put(o, &root.join(o), *l)?;
+        }
+        Ok(())
+    }
+
+    /// The probe's object compiled against the copy, kept per tree state.
+    pub fn probe(&self, source: &str) -> Result<Vec<u8>> {
+        let name = format!("probe-{:016x}.o", fnv(source.as_bytes()));
+        if let Some(bytes) = self.objects.get_bytes(&name) {
+            return Ok(bytes);
+        }
+        let bytes = graft_kbuild::probe::compile(&self.mirror.root, source)?;
+        self.objects.put_bytes(&name, &bytes)?;
+        Ok(bytes)
     }
 
     fn compile(&self, objects: &[String], what: &str) -> Result<Vec<Linkage>> {
@@ -295,4 +363,36 @@ impl Workspace {
         }
         Ok(())
     }
+}
+
+/// Removes the work directories of builds that were killed: their lock is
+/// free. A directory without a lock file is left alone (its build may be
+/// starting: the lock is renamed into place already held).
+fn remove_stale_work(cache: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with("work-") {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(e.path().join(".lock")) else {
+            continue;
+        };
+        if lock.try_lock().is_ok() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Locks the work directory `dir` for this build's lifetime.
+fn lock_work(dir: &Path) -> Result<std::fs::File> {
+    let tmp = dir.join(".lock.new");
+    let lock =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(".lock"))
+        .with_context(|| format!("cannot create {}", dir.join(".lock").display()))?;
+    Ok(lock)
 }

@@ -3,7 +3,8 @@
 //! The user's tree is only ever read. graft keeps a private copy of it (the
 //! [`mirror`]), applies the source patch there, compiles the original and
 //! patched objects of the changed files there, and reverts the copy. The
-//! module is built out of tree against the kernel's headers ([`module`]).
+//! original objects are kept per tree state ([`objects`]). The module is
+//! linked against the kernel's headers ([`module`]).
 
 pub mod compile;
 pub mod compiler;
@@ -13,6 +14,7 @@ pub mod index;
 pub mod lines;
 pub mod mirror;
 pub mod module;
+pub mod objects;
 pub mod patch;
 pub mod prepare;
 pub mod probe;

@@ -64,6 +64,71 @@ pub fn compile(tree: &Path, source: &str) -> Result<Vec<u8>, KbuildError> {
     std::fs::read(&out).map_err(io("cannot read the probe object"))
 }
 
+/// Splits a shell command list (`cmd ; cmd`) into its commands' words, for
+/// the quoting kbuild uses; `None` when it is more than a list of simple
+/// commands (pipes, redirections, substitutions, `&&`), which graft does not
+/// replay.
+pub fn shell_commands(s: &str) -> Option<Vec<Vec<String>>> {
+    let mut commands = Vec::new();
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    let end_word = |cur: &mut String, in_word: &mut bool, words: &mut Vec<String>| {
+        if *in_word {
+            words.push(std::mem::take(cur));
+            *in_word = false;
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        c => cur.push(c),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '\\' => cur.push(chars.next()?),
+                        '$' | '`' => return None,
+                        c => cur.push(c),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                cur.push(chars.next()?);
+            }
+            ';' | '\n' => {
+                end_word(&mut cur, &mut in_word, &mut words);
+                if !words.is_empty() {
+                    commands.push(std::mem::take(&mut words));
+                }
+            }
+            '|' | '&' | '<' | '>' | '$' | '`' | '(' | ')' | '*' | '?' | '[' | '#' | '~' => {
+                return None
+            }
+            c if c.is_whitespace() => end_word(&mut cur, &mut in_word, &mut words),
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    end_word(&mut cur, &mut in_word, &mut words);
+    if !words.is_empty() {
+        commands.push(words);
+    }
+    Some(commands)
+}
+
 /// Splits a command line the way `sh` would for the quoting kbuild uses
 /// (`'…'`, `"…"` and backslashes); `None` on an unterminated quote.
 pub fn shell_words(s: &str) -> Option<Vec<String>> {
@@ -136,5 +201,26 @@ mod tests {
             ]
         );
         assert!(shell_words("'open").is_none());
+    }
+
+    #[test]
+    fn splits_command_lists_and_refuses_the_rest() {
+        let c = shell_commands(
+            "gcc -DX='\"a b\"' -c -o x.o x.c   ; ./tools/objtool/objtool --module x.o;  true",
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            vec![
+                vec!["gcc", "-DX=\"a b\"", "-c", "-o", "x.o", "x.c"],
+                vec!["./tools/objtool/objtool", "--module", "x.o"],
+                vec!["true"],
+            ]
+        );
+        for shell in [
+            "a | b", "a > f", "a && b", "a $(b)", "a `b`", "echo ~", "a *.o",
+        ] {
+            assert!(shell_commands(shell).is_none(), "{shell}");
+        }
     }
 }

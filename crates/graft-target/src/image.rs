@@ -109,6 +109,12 @@ impl KernelImage {
         })
     }
 
+    /// The decompressed kernel (a vmlinux ELF): what [`KernelImage::parse`]
+    /// takes back without decompressing again.
+    pub fn elf(&self) -> &[u8] {
+        &self.elf
+    }
+
     /// The kernel's symbol table, from the kallsyms tables the image carries
     /// (see [`crate::embedded`]): what `/proc/kallsyms` of this kernel booted
     /// with `nokaslr` lists for vmlinux.

@@ -1,4 +1,12 @@
-//! Building the patch module out of tree against the kernel's headers.
+//! The patch module, linked against the kernel's headers: by graft itself
+//! with kbuild's own commands ([`commands`], the `.mod.c` written as modpost
+//! writes it by [`modpost`]), or by a kbuild run ([`build`], the reference).
+
+pub mod commands;
+pub mod modpost;
+
+pub use commands::{Linked, Linker};
+pub use modpost::Export;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +22,8 @@ pub struct ModuleSources<'a> {
     pub objects: &'a [(String, Vec<u8>)],
 }
 
-/// Builds `<dir>/<name>.ko` with kbuild in `dir` (a scratch directory).
+/// Builds `<dir>/<name>.ko` with kbuild (`make M=dir modules`) in `dir`
+/// (a scratch directory).
 pub fn build(headers: &Path, dir: &Path, src: &ModuleSources<'_>) -> Result<PathBuf, KbuildError> {
     let w = |p: PathBuf, data: &[u8]| {
         std::fs::write(&p, data).map_err(io(format!("cannot write {}", p.display())))

@@ -1,0 +1,412 @@
+//! What modpost writes for an external module: its `.mod.c` (vermagic,
+//! `__this_module`, the `__versions` CRCs of the exports it uses, the
+//! modules it depends on), and the checks it makes on the way. Written the
+//! way `scripts/mod/modpost.c` of 6.1 writes it (`write_mod_c_file`), so
+//! that the module graft links is the one kbuild links; graft checks that
+//! on each kernel's headers before using it ([`super::commands`]).
+
+use object::read::elf::{ElfFile64, Sym};
+use object::{Endianness, Object, ObjectSection};
+
+/// One export of the kernel or of a module (`Module.symvers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    pub crc: u32,
+    /// `vmlinux` or the exporting module's path (`drivers/scsi/scsi_mod`).
+    pub module: String,
+    pub gpl_only: bool,
+    pub namespace: Option<String>,
+}
+
+/// How modpost is run for the module (from the headers' config).
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// `CONFIG_MODVERSIONS`: CRCs in `__versions`.
+    pub modversions: bool,
+    /// `CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS`.
+    pub allow_missing_ns: bool,
+}
+
+/// The outcome of modpost's work on one module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModC {
+    /// The `.mod.c` source.
+    Source(String),
+    /// Something graft does not write the way modpost does (the module
+    /// exports symbols, has device tables or a version): kbuild links it.
+    Unsupported(String),
+}
+
+/// modpost's limit on module and symbol names (`MODULE_NAME_LEN`, x86-64).
+const MODULE_NAME_LEN: usize = 64 - 8;
+
+/// A symbol the module uses and does not define (weak ones too: modpost
+/// only spares them its warning).
+struct Unresolved {
+    name: String,
+}
+
+/// Writes the `.mod.c` of module `name` whose parts are linked in
+/// `object` (the `ld -r` of all its objects), or names the check that
+/// kbuild's modpost would fail it on.
+pub fn write(
+    name: &str,
+    object: &[u8],
+    exports: &dyn Fn(&str) -> Option<Export>,
+    opts: Options,
+) -> Result<ModC, String> {
+    let elf = ElfFile64::<Endianness>::parse(object)
+        .map_err(|e| format!("{name}.o is not an ELF object: {e}"))?;
+    let endian = elf.endian();
+    let symtab = elf.elf_symbol_table();
+    let strings = symtab.strings();
+    let mut unresolved = Vec::new();
+    let (mut has_init, mut has_cleanup) = (false, false);
+    for sym in symtab.symbols().iter().skip(1) {
+        let raw = sym
+            .name(endian, strings)
+            .map_err(|e| format!("{name}.o: bad symbol name: {e}"))?;
+        let symname = remove_dot(&String::from_utf8_lossy(raw)).to_owned();
+        let shndx = sym.st_shndx(endian);
+        match shndx {
+            object::elf::SHN_COMMON => {} // modpost warns, writes nothing
+            object::elf::SHN_UNDEF => {
+                let bind = sym.st_bind();
+                if bind != object::elf::STB_GLOBAL && bind != object::elf::STB_WEAK {
+                    continue;
+                }
+                if symname == "__this_module" || symname == "_GLOBAL_OFFSET_TABLE_" {
+                    continue;
+                }
+                unresolved.push(Unresolved { name: symname });
+            }
+            _ => {
+                if let Some(export) = symname.strip_prefix("__ksymtab_") {
+                    return Ok(ModC::Unsupported(format!("the module exports {export}")));
+                }
+                if symname.starts_with("__mod_")
+                    && symname.ends_with("_device_table")
+                    && sym.st_type() == object::elf::STT_OBJECT
+                {
+                    return Ok(ModC::Unsupported(format!(
+                        "the module has a device table ({symname})"
+                    )));
+                }
+                has_init |= symname == "init_module";
+                has_cleanup |= symname == "cleanup_module";
+            }
+        }
+    }
+    let modinfo = elf
+        .section_by_name(".modinfo")
+        .and_then(|s| s.data().ok())
+        .unwrap_or_default();
+    let info = |tag: &str| -> Vec<String> {
+        modinfo
+            .split(|&b| b == 0)
+            .filter_map(|s| {
+                let s = String::from_utf8_lossy(s);
+                s.strip_prefix(tag)?.strip_prefix('=').map(str::to_owned)
+            })
+            .collect()
+    };
+    if !info("version").is_empty() {
+        return Ok(ModC::Unsupported(
+            "the module has a version (modpost adds its srcversion)".into(),
+        ));
+    }
+    let licenses = info("license");
+    if licenses.is_empty() {
+        return Err(format!("missing MODULE_LICENSE() in {name}.o"));
+    }
+    let gpl = licenses.iter().all(|l| gpl_compatible(l));
+    let imported = info("import_ns");
+    if opts.modversions {
+        // modpost's "trick to get versioning for module struct etc.".
+        unresolved.push(Unresolved {
+            name: "module_layout".into(),
+        });
+    }
+    let base = name.rsplit('/').next().unwrap_or(name);
+    if base.len() >= MODULE_NAME_LEN {
+        return Err(format!("module name is too long [{name}.ko]"));
+    }
+    // check_exports: each unresolved symbol an export resolves.
+    let mut resolved: Vec<(&Unresolved, Export)> = Vec::new();
+    for s in &unresolved {
+        let Some(exp) = exports(&s.name) else {
+            continue; // undefined: livepatch resolves it (klp relocations)
+        };
+        if let Some(ns) = &exp.namespace {
+            if !imported.contains(ns) && !opts.allow_missing_ns {
+                return Err(format!(
+                    "module {base} uses symbol {} from namespace {ns}, but does not import it",
+                    s.name
+                ));
+            }
+        }
+        if !gpl && exp.gpl_only {
+            return Err(format!(
+                "GPL-incompatible module {base}.ko uses GPL-only symbol '{}'",
+                s.name
+            ));
+        }
+        resolved.push((s, exp));
+    }
+
+    let mut b = String::new();
+    // add_header
+    b.push_str("#include <linux/module.h>\n");
+    b.push_str("#define INCLUDE_VERMAGIC\n");
+    b.push_str("#include <linux/build-salt.h>\n");
+    b.push_str("#include <linux/elfnote-lto.h>\n");
+    b.push_str("#include <linux/export-internal.h>\n");
+    b.push_str("#include <linux/vermagic.h>\n");
+    b.push_str("#include <linux/compiler.h>\n");
+    b.push('\n');
+    b.push_str("BUILD_SALT;\n");
+    b.push_str("BUILD_LTO_INFO;\n");
+    b.push('\n');
+    b.push_str("MODULE_INFO(vermagic, VERMAGIC_STRING);\n");
+    b.push_str("MODULE_INFO(name, KBUILD_MODNAME);\n");
+    b.push('\n');
+    b.push_str("__visible struct module __this_module\n");
+    b.push_str("__section(\".gnu.linkonce.this_module\") = {\n");
+    b.push_str("\t.name = KBUILD_MODNAME,\n");
+    if has_init {
+        b.push_str("\t.init = init_module,\n");
+    }
+    if has_cleanup {
+        b.push_str("#ifdef CONFIG_MODULE_UNLOAD\n\t.exit = cleanup_module,\n#endif\n");
+    }
+    b.push_str("\t.arch = MODULE_ARCH_INIT,\n");
+    b.push_str("};\n");
+    // An external module: no `intree`; graft's are never staging or tests.
+    b.push_str("\n#ifdef CONFIG_RETPOLINE\nMODULE_INFO(retpoline, \"Y\");\n#endif\n");
+    // add_exported_symbols: none (a module that exports is kbuild's).
+    if opts.modversions {
+        b.push('\n');
+    }
+    // add_versions
+    if opts.modversions {
+        b.push('\n');
+        b.push_str("static const struct modversion_info ____versions[]\n");
+        b.push_str("__used __section(\"__versions\") = {\n");
+        for (s, exp) in &resolved {
+            if s.name.len() >= MODULE_NAME_LEN {
+                return Err(format!("too long symbol \"{}\" [{name}.ko]", s.name));
+            }
+            b.push_str(&format!("\t{{ {}, \"{}\" }},\n", hex8(exp.crc), s.name));
+        }
+        b.push_str("};\n");
+    }
+    // add_depends: the exporting modules, in the order first used.
+    let mut depends: Vec<&str> = Vec::new();
+    for (_, exp) in &resolved {
+        if exp.module == "vmlinux" {
+            continue;
+        }
+        let m = exp.module.rsplit('/').next().unwrap_or(&exp.module);
+        if !depends.contains(&m) {
+            depends.push(m);
+        }
+    }
+    b.push('\n');
+    b.push_str(&format!(
+        "MODULE_INFO(depends, \"{}\");\n",
+        depends.join(",")
+    ));
+    // add_moddevtable: no table.
+    b.push('\n');
+    Ok(ModC::Source(b))
+}
+
+/// C's `%#8x`: `0x` and the hex digits (`0` alone for zero), right-aligned
+/// in 8 columns.
+fn hex8(v: u32) -> String {
+    let s = if v == 0 {
+        "0".to_owned()
+    } else {
+        format!("{v:#x}")
+    };
+    format!("{s:>8}")
+}
+
+/// modpost's `remove_dot`: `foo.123` and `foo.123.bar` name `foo` (gcc's
+/// numbered local copies); other dots stay.
+fn remove_dot(s: &str) -> &str {
+    let b = s.as_bytes();
+    let n = b.iter().position(|&c| c == b'.').unwrap_or(b.len());
+    if n > 0 && n < b.len() {
+        let m = b[n + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if m > 0 && (n + m + 1 == b.len() || b[n + m + 1] == b'.') {
+            return &s[..n];
+        }
+    }
+    s
+}
+
+/// The kernel's `license_is_gpl_compatible`.
+fn gpl_compatible(l: &str) -> bool {
+    matches!(
+        l,
+        "GPL"
+            | "GPL v2"
+            | "GPL and additional rights"
+            | "Dual BSD/GPL"
+            | "Dual MIT/GPL"
+            | "Dual MPL/GPL"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::write::{Object as WObject, Symbol, SymbolSection};
+    use object::{Architecture, BinaryFormat, SectionKind, SymbolFlags, SymbolKind, SymbolScope};
+
+    /// A relocatable object with `defined` functions, `undefined` symbols
+    /// (weak when their name ends in `?`) and `.modinfo` strings.
+    fn object(defined: &[&str], undefined: &[&str], modinfo: &[&str]) -> Vec<u8> {
+        let mut o = WObject::new(
+            BinaryFormat::Elf,
+            Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let text = o.add_section(vec![], b".text".to_vec(), SectionKind::Text);
+        o.append_section_data(text, &[0xc3; 16], 16);
+        for (i, d) in defined.iter().enumerate() {
+            o.add_symbol(Symbol {
+                name: d.as_bytes().to_vec(),
+                value: i as u64,
+                size: 1,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Linkage,
+                weak: false,
+                section: SymbolSection::Section(text),
+                flags: SymbolFlags::None,
+            });
+        }
+        for u in undefined {
+            let (n, weak) = match u.strip_suffix('?') {
+                Some(n) => (n, true),
+                None => (*u, false),
+            };
+            o.add_symbol(Symbol {
+                name: n.as_bytes().to_vec(),
+                value: 0,
+                size: 0,
+                kind: SymbolKind::Unknown,
+                scope: SymbolScope::Linkage,
+                weak,
+                section: SymbolSection::Undefined,
+                flags: SymbolFlags::None,
+            });
+        }
+        let mi = o.add_section(vec![], b".modinfo".to_vec(), SectionKind::ReadOnlyString);
+        let mut bytes = Vec::new();
+        for m in modinfo {
+            bytes.extend_from_slice(m.as_bytes());
+            bytes.push(0);
+        }
+        o.append_section_data(mi, &bytes, 1);
+        o.write().unwrap()
+    }
+
+    fn exports(name: &str) -> Option<Export> {
+        let e = |crc, module: &str, ns: Option<&str>| Export {
+            crc,
+            module: module.into(),
+            gpl_only: name == "gpl_thing",
+            namespace: ns.map(Into::into),
+        };
+        match name {
+            "_printk" => Some(e(0x92997ed8, "vmlinux", None)),
+            "module_layout" => Some(e(0xab7c5253, "vmlinux", None)),
+            "small_crc" => Some(e(0x1234, "vmlinux", None)),
+            "scsi_thing" => Some(e(0, "drivers/scsi/scsi_mod", None)),
+            "gpl_thing" => Some(e(1, "vmlinux", None)),
+            "dma_buf_get" => Some(e(0xabcdef01, "drivers/dma-buf/dma-buf", Some("DMA_BUF"))),
+            _ => None,
+        }
+    }
+
+    const OPTS: Options = Options {
+        modversions: true,
+        allow_missing_ns: false,
+    };
+
+    fn source(m: ModC) -> String {
+        match m {
+            ModC::Source(s) => s,
+            ModC::Unsupported(why) => panic!("unsupported: {why}"),
+        }
+    }
+
+    #[test]
+    fn versions_follow_the_symbol_table_and_depends_name_modules_once() {
+        let obj = object(
+            &["init_module", "cleanup_module"],
+            &[
+                "_printk",
+                ".klp.sym.vmlinux.linux_proc_banner,0",
+                "scsi_thing",
+                "small_crc",
+                "__this_module",
+            ],
+            &["license=GPL"],
+        );
+        let text = source(write("/w/livepatch-x", &obj, &exports, OPTS).unwrap());
+        let versions = "\nstatic const struct modversion_info ____versions[]\n__used __section(\"__versions\") = {\n\t{ 0x92997ed8, \"_printk\" },\n\t{        0, \"scsi_thing\" },\n\t{   0x1234, \"small_crc\" },\n\t{ 0xab7c5253, \"module_layout\" },\n};\n\nMODULE_INFO(depends, \"scsi_mod\");\n\n";
+        assert!(text.ends_with(versions), "{text}");
+        assert!(text.contains("\t.init = init_module,\n#ifdef CONFIG_MODULE_UNLOAD\n\t.exit = cleanup_module,\n#endif\n"));
+        assert!(!text.contains("intree"));
+    }
+
+    #[test]
+    fn modposts_checks_fail_the_module() {
+        let no_license = object(&[], &["_printk"], &[]);
+        assert!(write("m", &no_license, &exports, OPTS)
+            .unwrap_err()
+            .contains("MODULE_LICENSE"));
+        let ns = object(&[], &["dma_buf_get"], &["license=GPL"]);
+        assert!(write("m", &ns, &exports, OPTS)
+            .unwrap_err()
+            .contains("namespace DMA_BUF"));
+        let ns_ok = object(&[], &["dma_buf_get"], &["license=GPL", "import_ns=DMA_BUF"]);
+        let text = source(write("m", &ns_ok, &exports, OPTS).unwrap());
+        assert!(
+            text.contains("MODULE_INFO(depends, \"dma-buf\");"),
+            "{text}"
+        );
+        let proprietary = object(&[], &["gpl_thing"], &["license=Proprietary"]);
+        assert!(write("m", &proprietary, &exports, OPTS)
+            .unwrap_err()
+            .contains("GPL-only"));
+    }
+
+    #[test]
+    fn what_graft_does_not_write_is_left_to_kbuild() {
+        let exporting = object(&["__ksymtab_foo"], &[], &["license=GPL"]);
+        assert!(matches!(
+            write("m", &exporting, &exports, OPTS).unwrap(),
+            ModC::Unsupported(_)
+        ));
+        let versioned = object(&[], &[], &["license=GPL", "version=1.0"]);
+        assert!(matches!(
+            write("m", &versioned, &exports, OPTS).unwrap(),
+            ModC::Unsupported(_)
+        ));
+    }
+
+    #[test]
+    fn numbered_copies_are_their_functions() {
+        assert_eq!(remove_dot("foo.123"), "foo");
+        assert_eq!(remove_dot("foo.1.bar"), "foo");
+        assert_eq!(remove_dot("foo.constprop.0"), "foo.constprop.0");
+        assert_eq!(remove_dot(".klp.sym.x,0"), ".klp.sym.x,0");
+        assert_eq!(hex8(0), "       0");
+        assert_eq!(hex8(0xab), "    0xab");
+        assert_eq!(hex8(0x92997ed8), "0x92997ed8");
+    }
+}
