@@ -169,6 +169,10 @@ const EXACT: &[(&str, Role)] = &[
     ("__param", Role::Registry),
     ("__modver", Role::Registry),
     (".static_call_tramp_key", Role::Registry),
+    // Where `-fpatchable-function-entry` put each function's padding
+    // (6.12's CALL_PADDING): x86 discards it from vmlinux and ftrace reads
+    // `__mcount_loc`, so nothing reads it in a module either.
+    ("__patchable_function_entries", Role::Drop),
     (".modinfo", Role::Drop),
     (".comment", Role::Drop),
     (".BTF", Role::Drop),

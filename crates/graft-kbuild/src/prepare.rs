@@ -121,6 +121,15 @@ pub fn prepare(inputs: &Inputs<'_>, step: &mut dyn FnMut(Step)) -> Result<Prepar
             }
         }
     }
+    // Kconfig asks the Rust compiler on PATH for its version (6.12:
+    // `RUSTC_VERSION`); a kernel built without one records 0, and so must the
+    // tree, whatever rustc this machine has.
+    if config::parse(inputs.image_config)
+        .get("RUSTC_VERSION")
+        .is_some_and(|v| v == "0")
+    {
+        make_vars.push(format!("RUSTC={}", crate::tree::NO_RUSTC));
+    }
     make_vars.push(format!("KERNELRELEASE={}", inputs.release));
 
     let _ = std::fs::remove_file(inputs.log);

@@ -30,8 +30,9 @@ enum Cmd {
     /// Install and cache everything (idempotent; the first run takes a few minutes)
     Setup {
         /// Set up this kernel release beside the others (e.g. 6.1.0-47-amd64, or `previous`:
-        /// the newest downloadable one older than the current) instead of Debian's current
-        /// one; it does not become the lab's current release
+        /// the newest downloadable one older than the current; `backports` or `trixie`: the
+        /// current 6.12 kernel of bookworm-backports or of Debian 13) instead of Debian's
+        /// current one; it does not become the lab's current release
         #[arg(long, value_name = "RELEASE")]
         release: Option<String>,
     },
@@ -72,6 +73,9 @@ enum Cmd {
         /// Print only what the script printed (between the runner's markers)
         #[arg(long)]
         script_only: bool,
+        /// Boot another release the lab holds (or `backports`, `trixie`)
+        #[arg(long, value_name = "RELEASE")]
+        release: Option<String>,
     },
 }
 
@@ -121,6 +125,17 @@ fn progress_printer() -> impl FnMut(&str) {
     move |line: &str| eprintln!("[{:6.1}s] {line}", start.elapsed().as_secs_f64())
 }
 
+/// The lab's current release, another it holds, or a suite's (`backports`, `trixie`).
+fn open_any(root: &std::path::Path, release: Option<String>) -> Result<Lab, LabError> {
+    match release {
+        None => Lab::open(root),
+        Some(r) => match graft_debian::OtherSuite::parse(&r) {
+            Some(suite) => Lab::open_suite(root, suite),
+            None => Lab::open_release(root, &r),
+        },
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let root = cli.root.unwrap_or_else(Lab::default_root);
     match cli.command {
@@ -131,16 +146,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     let r = Lab::previous_release()?;
                     Lab::setup_release(&root, &r, &mut progress)?
                 }
+                Some(r) if graft_debian::OtherSuite::parse(&r).is_some() => {
+                    let suite = graft_debian::OtherSuite::parse(&r).expect("checked");
+                    Lab::setup_suite(&root, suite, &mut progress)?
+                }
                 Some(r) => Lab::setup_release(&root, &r, &mut progress)?,
                 None => Lab::setup(&root, &mut progress)?,
             };
             print_summary(&lab);
         }
         Cmd::Info { json, release } => {
-            let lab = match release {
-                Some(r) => Lab::open_release(&root, &r)?,
-                None => Lab::open(&root)?,
-            };
+            let lab = open_any(&root, release)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&lab.info_json())?);
             } else {
@@ -167,6 +183,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             files,
             timeout,
             script_only,
+            release,
         } => {
             if !(timeout.is_finite() && timeout > 0.0) {
                 bail!("--timeout must be a positive number of seconds, got {timeout}");
@@ -187,7 +204,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 (None, None) => bail!("give a SCRIPT file or --command"),
             };
-            let lab = Lab::open(&root)?;
+            let lab = open_any(&root, release)?;
             let sc = Scenario {
                 name,
                 files,

@@ -50,6 +50,8 @@ pub struct KernelImage {
 
 const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
 const GZIP_MAGIC: &[u8] = b"\x1f\x8b\x08";
+/// Debian's 6.12 images are zstd-compressed (`CONFIG_KERNEL_ZSTD`).
+const ZSTD_MAGIC: &[u8] = b"\x28\xb5\x2f\xfd";
 
 impl KernelImage {
     pub fn read(path: &Path) -> Result<KernelImage, ImageError> {
@@ -191,6 +193,15 @@ fn find_payload(data: &[u8]) -> Option<Vec<u8>> {
     for at in candidates(XZ_MAGIC) {
         let mut out = Vec::new();
         let mut dec = liblzma::read::XzDecoder::new(&data[at..]);
+        if dec.read_to_end(&mut out).is_ok() && out.starts_with(b"\x7fELF") {
+            return Some(out);
+        }
+    }
+    for at in candidates(ZSTD_MAGIC) {
+        let mut out = Vec::new();
+        let Ok(mut dec) = ruzstd::decoding::StreamingDecoder::new(&data[at..]) else {
+            continue;
+        };
         if dec.read_to_end(&mut out).is_ok() && out.starts_with(b"\x7fELF") {
             return Some(out);
         }
