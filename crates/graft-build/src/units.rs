@@ -64,6 +64,7 @@ pub fn read(ws: &Workspace, target: &Target) -> Result<Vec<Unit>> {
         // Functions with an explicit section, one section each (as
         // -ffunction-sections gives every other function).
         for o in [&mut orig, &mut patched] {
+            graft_diff::prefix::demote(o);
             graft_diff::split::split_shared_sections(o).map_err(|e| {
                 anyhow::anyhow!(
                     "{obj}: cannot cut {} into one section per function: {} [rule: explicit-section]; hint: this is a graft limitation",
@@ -251,7 +252,11 @@ pub fn plan<'a>(
             known: &v.sympos,
             patch_defines: &defines,
         };
-        plans.push(graft_klp::include::plan(&u.patched, d, &resolver, i)?);
+        let mut plan = graft_klp::include::plan(&u.patched, d, &resolver, i)?;
+        if target.objtool_at_link {
+            graft_klp::special::objtool_at_link(&mut plan)?;
+        }
+        plans.push(plan);
     }
     if plans
         .iter()

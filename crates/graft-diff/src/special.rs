@@ -138,6 +138,15 @@ const EXACT: &[(&str, Role)] = &[
         Role::Table(Table::plain(Size::RelocField)),
     ),
     (".return_sites", Role::Table(Table::plain(Size::RelocField))),
+    // objtool's tables of IBT kernels (6.12), in objects it ran on (a module
+    // of one file): call sites for call depth tracking, ENDBRs of functions
+    // never address-taken (sealed at load), FineIBT's CFI sites.
+    (".call_sites", Role::Table(Table::plain(Size::RelocField))),
+    (
+        ".ibt_endbr_seal",
+        Role::Table(Table::plain(Size::RelocField)),
+    ),
+    (".cfi_sites", Role::Table(Table::plain(Size::RelocField))),
     (
         ".orc_unwind_ip",
         Role::Table(Table::plain(Size::Item("orc_unwind_ip"))),

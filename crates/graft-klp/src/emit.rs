@@ -60,6 +60,10 @@ pub fn write(plan: &Plan<'_>, specials: &[Filtered]) -> Result<Vec<u8>, KlpError
         if !plan.sections.contains(&home) || matches!(s.kind, SymKind::Section | SymKind::File) {
             continue;
         }
+        // A function's padding is named by the module link's objtool.
+        if graft_diff::prefix::is_padding_symbol(&s.name) && s.kind != SymKind::Func {
+            continue;
+        }
         let o = b.symbols.add();
         o.name = s.name.clone().into_bytes().into();
         o.section = Some(out_sec[&home]);
