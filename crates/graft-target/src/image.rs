@@ -155,6 +155,28 @@ impl KernelImage {
         })
     }
 
+    /// Where the ENDBRs the kernel seals at boot are: `.ibt_endbr_seal`
+    /// (objtool's list, at the kernel's link, of the ENDBR of every function
+    /// vmlinux never takes the address of), whose entries `apply_seal_endbr`
+    /// poisons on every machine, IBT-capable or not: an indirect call there
+    /// faults on a CPU that enforces IBT. Empty for a kernel without IBT.
+    pub fn sealed_endbr(&self) -> std::collections::BTreeSet<u64> {
+        let mut out = std::collections::BTreeSet::new();
+        let Ok(file) = ElfFile64::<Endianness>::parse(&*self.elf) else {
+            return out;
+        };
+        let Some(s) = file.section_by_name(".ibt_endbr_seal") else {
+            return out;
+        };
+        let Ok(data) = s.data() else { return out };
+        for (i, c) in data.chunks_exact(4).enumerate() {
+            let rel = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let at = s.address() + 4 * i as u64;
+            out.insert(at.wrapping_add(rel as i64 as u64));
+        }
+        out
+    }
+
     /// `len` bytes at link address `addr`, if the image holds them all.
     pub fn bytes(&self, addr: u64, len: usize) -> Option<&[u8]> {
         let r = self

@@ -58,10 +58,23 @@ pub fn core_scenarios_live(lab: &Lab) {
     let o = out.path();
     let a = build_module(lab, "ops-a.patch", "ops-a", o, &[]);
     let b = build_module(lab, "ops-b.patch", "ops-b", o, &[]);
-    let binfmt = build_module(lab, "6.12/binfmt-misc.patch", "binfmt", o, &[]);
+    let work = |n: &str| o.join(format!("work-{n}")).display().to_string();
+    let binfmt = build_module(
+        lab,
+        "6.12/binfmt-misc.patch",
+        "binfmt",
+        o,
+        &["--keep-work", &work("binfmt")],
+    );
     let smt = build_module(lab, "6.12/smt-active-calls-control.patch", "smt", o, &[]);
     let setroot = build_module(lab, "verify-namei-set-root.patch", "setroot", o, &[]);
-    let shadow = build_module(lab, "6.12/author-shadow.patch", "shadow", o, &[]);
+    let shadow = build_module(
+        lab,
+        "6.12/author-shadow.patch",
+        "shadow",
+        o,
+        &["--keep-work", &work("shadow")],
+    );
     let bm = plain_module(lab, "kernel/fs/binfmt_misc.ko", o);
 
     // A klp relocation to a symbol the kernel does not export.
@@ -92,14 +105,24 @@ pub fn core_scenarios_live(lab: &Lab) {
         "{:?}",
         klp_symbols(&setroot)
     );
-    // objtool ran on the patch module at its link: return sites and ORC
-    // of the carried code, which the patch objects do not carry themselves.
-    let m = graft_elf::Object::read(&shadow).unwrap();
-    for s in [".return_sites", ".orc_unwind_ip", ".call_sites"] {
+    // objtool ran on each patch module at its link, cleanly: the patch
+    // objects leave it the tables it writes (binfmt_misc.o, a module of
+    // one file, has them from its own objtool run) and give it the
+    // annotations it reads. Its return sites and ORC are in the module.
+    for (n, ko) in [("binfmt", &binfmt), ("shadow", &shadow)] {
+        let log = std::fs::read_to_string(Path::new(&work(n)).join("module/make.log")).unwrap();
+        let objtool: Vec<&str> = log.lines().filter(|l| l.contains("objtool")).collect();
         assert!(
-            m.sections.iter().any(|x| x.name == s),
-            "no {s} in the module"
+            objtool.is_empty(),
+            "{n}: objtool at the module link: {objtool:#?}"
         );
+        let m = graft_elf::Object::read(ko).unwrap();
+        for s in [".return_sites", ".orc_unwind_ip", ".call_sites"] {
+            assert!(
+                m.sections.iter().any(|x| x.name == s),
+                "{n}: no {s} in the module"
+            );
+        }
     }
 
     let script = format!(
