@@ -82,7 +82,10 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
         Some(graft_target::KernelImage::read(&inputs.target.image)?)
     };
     progress(Event::Step("diffing and verifying"));
-    let layout = graft_diff::Layout::probe(&ws.mirror_root())?;
+    let mirror = ws.mirror_root();
+    let layout = graft_diff::Layout::probe_with(&mirror, &|cc, scratch| {
+        graft_kbuild::buildroot::command_in(&mirror, cc, &[scratch], Some(&mirror))
+    })?;
     let units = units::read(&ws, &target)?;
     let diffs = units::diff(&units, &target, &layout)?;
     let verified = units::verify(&units, &diffs, &target, image.as_ref())?;

@@ -13,6 +13,7 @@
 
 pub mod apt;
 pub mod archive;
+pub mod buildroot;
 pub mod cache;
 pub mod kernel;
 
@@ -30,6 +31,8 @@ pub enum Stage {
     Headers,
     Source,
     Prepare,
+    /// A Debian root with the kernel's compiler ([`buildroot`]).
+    BuildRoot,
 }
 
 impl Stage {
@@ -39,6 +42,7 @@ impl Stage {
             Stage::Headers => "headers",
             Stage::Source => "source",
             Stage::Prepare => "preparing the source",
+            Stage::BuildRoot => "making a Debian build root with the kernel's compiler (debootstrap)",
         }
     }
 }

@@ -139,6 +139,20 @@ impl Layout {
     /// Compiles the probe against the prepared kernel tree `tree` (which is
     /// only read) and reads the layout from the object.
     pub fn probe(tree: &Path) -> Result<Layout, LayoutError> {
+        Layout::probe_with(tree, &|compiler, _scratch| {
+            let mut c = Command::new(compiler);
+            c.current_dir(tree);
+            c
+        })
+    }
+
+    /// [`Layout::probe`] with the compiler command made by `command`
+    /// (compiler, scratch directory), to be run in `tree`: a tree built
+    /// inside another Debian's root compiles there.
+    pub fn probe_with(
+        tree: &Path,
+        command: &dyn Fn(&str, &Path) -> Command,
+    ) -> Result<Layout, LayoutError> {
         let record = tree.join(COMMAND_RECORD);
         let text = std::fs::read_to_string(&record).map_err(|source| LayoutError::NoCommand {
             path: record.clone(),
@@ -169,14 +183,13 @@ impl Layout {
         let src = scratch.path().join("graft-layout-probe.c");
         let out = scratch.path().join("graft-layout-probe.o");
         std::fs::write(&src, PROBE).map_err(LayoutError::Scratch)?;
-        let run = Command::new(&compiler)
+        let run = command(&compiler, scratch.path())
             .args(&args)
             .arg("-w")
             .arg("-c")
             .arg("-o")
             .arg(&out)
             .arg(&src)
-            .current_dir(tree)
             .output()
             .map_err(|source| LayoutError::Run {
                 compiler: compiler.clone(),

@@ -5,6 +5,7 @@
 //! patched objects of the changed files there, and reverts the copy. The
 //! module is built out of tree against the kernel's headers ([`module`]).
 
+pub mod buildroot;
 pub mod compile;
 pub mod compiler;
 pub mod config;

@@ -1,7 +1,6 @@
 //! Building the patch module out of tree against the kernel's headers.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::{io, KbuildError};
 
@@ -37,7 +36,7 @@ pub fn build(headers: &Path, dir: &Path, src: &ModuleSources<'_>) -> Result<Path
     w(dir.join("Kbuild"), kbuild.as_bytes())?;
     let log = dir.join("make.log");
     let (ok, text) = crate::run_logged(
-        Command::new("make")
+        &mut crate::buildroot::command_in(headers, "make", &[dir], None)
             .arg("-C")
             .arg(headers)
             .arg(format!("M={}", dir.display()))

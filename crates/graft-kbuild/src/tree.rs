@@ -123,7 +123,7 @@ impl KernelTree {
             return Ok(());
         };
         let cc = self.compiler();
-        let have = compiler::version_text(&cc);
+        let have = compiler::version_text_in(crate::buildroot::of(&self.root).as_deref(), &cc);
         if have.as_deref().is_some_and(|h| compiler::same(&want, h)) {
             return Ok(());
         }

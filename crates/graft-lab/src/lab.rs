@@ -174,7 +174,7 @@ impl Lab {
             .join(format!("config-{}", self.release))
     }
     pub fn modules_dir(&self) -> PathBuf {
-        self.dir().join("image/lib/modules").join(&self.release)
+        graft_debian::cache::modules_in(&self.dir().join("image"), &self.release)
     }
     /// The prepared kernel source tree; build in it with [`Lab::make_command`].
     pub fn source_tree(&self) -> PathBuf {
@@ -401,7 +401,11 @@ impl Lab {
         let kdir = KernelDir::new(&dir, &release.name);
         let t = Instant::now();
         let mut last_file = String::new();
-        kdir.fetch(debian, &k, &Parts::all(), &mut |e| {
+        let parts = Parts {
+            buildroots: Some(root.join("buildroots")),
+            ..Parts::all()
+        };
+        kdir.fetch(debian, &k, &parts, &mut |e| {
             // A download is reported once, when it starts.
             if let Event::Download { file, .. } = &e {
                 if *file == last_file {

@@ -148,10 +148,19 @@ fn fetch_kernel(
     let (apt, k) = archive.packages(release, None)?;
     let dir = cache.dir(&release.name, &k.debian_version);
     let mut ui = FetchUi::new(&release.name, quiet);
-    let r = dir.fetch(apt, &k, &Parts::all(), &mut |e| ui.event(e));
+    let parts = Parts {
+        buildroots: Some(buildroots(cache)),
+        ..Parts::all()
+    };
+    let r = dir.fetch(apt, &k, &parts, &mut |e| ui.event(e));
     ui.finish();
     r?;
     target_of(&dir)
+}
+
+/// Where graft keeps Debian build roots: beside the kernels of its cache.
+fn buildroots(cache: &KernelCache) -> PathBuf {
+    cache.root.with_file_name("buildroots")
 }
 
 fn target_of(dir: &KernelDir) -> Result<(PathBuf, TargetPaths)> {
@@ -223,6 +232,7 @@ pub fn single_target(a: &Args, json: bool) -> Result<(PathBuf, TargetPaths)> {
         source: true,
         config: Some(target.config.clone()),
         build_config: Some(build_config),
+        buildroots: Some(buildroots(&cache)),
     };
     let mut ui = FetchUi::new(&release.name, json);
     let r = dir.fetch(apt, &k, &parts, &mut |e| ui.event(e));
