@@ -39,10 +39,18 @@ pub const BUILD_PACKAGES: &[&str] = &[
     "kmod",
     "cpio",
     "libc6-dev",
+    // libbpf's generated headers (resolve_btfids), signing keys.
+    "python3",
+    "openssl",
 ];
 
 /// Debian's release names by major version (`+deb13` in a kernel release).
-const SUITES: &[(u32, &str)] = &[(11, "bullseye"), (12, "bookworm"), (13, "trixie"), (14, "forky")];
+const SUITES: &[(u32, &str)] = &[
+    (11, "bullseye"),
+    (12, "bookworm"),
+    (13, "trixie"),
+    (14, "forky"),
+];
 
 /// The Debian suite a kernel release was built for: `6.12.118+deb13-amd64`
 /// → `trixie`. `None` for releases that do not say (`6.1.0-47-amd64`).

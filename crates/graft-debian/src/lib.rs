@@ -42,7 +42,9 @@ impl Stage {
             Stage::Headers => "headers",
             Stage::Source => "source",
             Stage::Prepare => "preparing the source",
-            Stage::BuildRoot => "making a Debian build root with the kernel's compiler (debootstrap)",
+            Stage::BuildRoot => {
+                "making a Debian build root with the kernel's compiler (debootstrap)"
+            }
         }
     }
 }

@@ -83,12 +83,21 @@ pub fn command(root: Option<&Path>, program: &str, paths: &[&Path], cwd: Option<
     let all = binds.clone();
     binds.retain(|b| !all.iter().any(|o| o != b && b.starts_with(o)));
     let mut c = Command::new("unshare");
-    c.args(["--mount", "--propagation", "private", "--", "sh", "-c", SCRIPT, "sh"])
-        .arg(root)
-        .arg(cwd.unwrap_or(Path::new("/")))
-        .args(&binds)
-        .arg("--")
-        .arg(program);
+    c.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        SCRIPT,
+        "sh",
+    ])
+    .arg(root)
+    .arg(cwd.unwrap_or(Path::new("/")))
+    .args(&binds)
+    .arg("--")
+    .arg(program);
     c
 }
 
@@ -130,7 +139,15 @@ mod tests {
         let tail = &args[args.iter().position(|a| a == "sh").unwrap() + 3..];
         assert_eq!(
             tail,
-            ["sh", "/r", "/var/cache/graft/a", "/tmp/x", "/var/cache", "--", "make"]
+            [
+                "sh",
+                "/r",
+                "/var/cache/graft/a",
+                "/tmp/x",
+                "/var/cache",
+                "--",
+                "make"
+            ]
         );
         let host = command(None, "make", &[], None);
         assert_eq!(host.get_program(), "make");

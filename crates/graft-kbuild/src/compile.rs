@@ -41,7 +41,7 @@ pub fn compile(
         }
     }
     let (ok, text) = crate::run_logged(
-        &mut crate::buildroot::command_in(root, "make", &[log], None)
+        crate::buildroot::command_in(root, "make", &[log], None)
             .arg("-C")
             .arg(root)
             .arg(format!("-j{jobs}"))

@@ -36,7 +36,7 @@ pub fn build(headers: &Path, dir: &Path, src: &ModuleSources<'_>) -> Result<Path
     w(dir.join("Kbuild"), kbuild.as_bytes())?;
     let log = dir.join("make.log");
     let (ok, text) = crate::run_logged(
-        &mut crate::buildroot::command_in(headers, "make", &[dir], None)
+        crate::buildroot::command_in(headers, "make", &[dir], None)
             .arg("-C")
             .arg(headers)
             .arg(format!("M={}", dir.display()))

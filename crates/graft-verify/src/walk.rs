@@ -85,7 +85,7 @@ fn nop_sites(obj: &Object, sec: graft_elf::SectionId) -> Vec<u64> {
     for t in obj.sections.iter().filter(|s| s.name == "__jump_table") {
         for code in t.relocs.iter().filter(|r| r.offset % ENTRY == 0) {
             let key = t.relocs_in(code.offset + 8, code.offset + 9);
-            if !key.first().is_some_and(|k| k.addend & 2 != 0) {
+            if key.first().is_none_or(|k| k.addend & 2 == 0) {
                 continue;
             }
             if let RelocTarget::SectionOffset(s, off) = obj.reloc_target(code) {
