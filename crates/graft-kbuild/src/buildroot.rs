@@ -35,6 +35,9 @@ pub fn record(dir: &Path, root: &Path) -> Result<(), KbuildError> {
 /// (`/var/cache`, `/tmp/.tmpXYZ`, `/home/user`), so that one bind covers a
 /// cache, its trees, work directories and headers.
 fn bind_of(path: &Path) -> Option<PathBuf> {
+    if !path.is_absolute() {
+        return None;
+    }
     let mut out = PathBuf::from("/");
     let mut n = 0;
     for c in path.components() {

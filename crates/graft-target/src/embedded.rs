@@ -479,6 +479,105 @@ mod tests {
         (addr, out)
     }
 
+    /// The same tables in the order of 6.11 and later: count, names,
+    /// markers, token table and index, offsets, base, seqs of names.
+    fn tables_611(syms: &[(u64, &str)], absolute: &[&str]) -> (u64, Vec<u8>) {
+        let addr = 0xffff_ffff_8200_0000u64;
+        let mut out = vec![0xaa_u8; 40];
+        let pad = |out: &mut Vec<u8>| {
+            while !(addr + out.len() as u64).is_multiple_of(8) {
+                out.push(0);
+            }
+        };
+        let token = |i: usize| -> Vec<u8> {
+            let c = i as u8;
+            if c.is_ascii_graphic() {
+                vec![c]
+            } else {
+                vec![b'A' + (i % 26) as u8, b'a' + (i / 26) as u8]
+            }
+        };
+        pad(&mut out);
+        out.extend_from_slice(&(syms.len() as u32).to_le_bytes());
+        pad(&mut out);
+        let names_at = out.len();
+        let mut markers = Vec::new();
+        for (i, (_, name)) in syms.iter().enumerate() {
+            if i % 256 == 0 {
+                markers.push((out.len() - names_at) as u32);
+            }
+            let len = name.len();
+            if len <= 0x7f {
+                out.push(len as u8);
+            } else {
+                out.push((len as u8 & 0x7f) | 0x80);
+                out.push((len >> 7) as u8);
+            }
+            out.extend_from_slice(name.as_bytes());
+        }
+        pad(&mut out);
+        for m in markers {
+            out.extend_from_slice(&m.to_le_bytes());
+        }
+        pad(&mut out);
+        let mut index = Vec::new();
+        let table_at = out.len();
+        for i in 0..256 {
+            index.push((out.len() - table_at) as u16);
+            out.extend(token(i));
+            out.push(0);
+        }
+        pad(&mut out);
+        for i in index {
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        pad(&mut out);
+        for (a, name) in syms {
+            let off: i32 = if absolute.contains(name) {
+                *a as i32
+            } else {
+                (BASE as i64 - *a as i64 - 1) as i32
+            };
+            out.extend_from_slice(&off.to_le_bytes());
+        }
+        pad(&mut out);
+        out.extend_from_slice(&BASE.to_le_bytes());
+        pad(&mut out);
+        out.extend(std::iter::repeat_n(7u8, 3 * syms.len()));
+        out.extend_from_slice(&[0x55; 16]);
+        (addr, out)
+    }
+
+    #[test]
+    fn reads_tables_in_the_order_of_6_11() {
+        let owned = syms();
+        let s: Vec<(u64, &str)> = owned.iter().map(|(a, n)| (*a, n.as_str())).collect();
+        let (addr, bytes) = tables_611(&s, &["Afixed_percpu_data"]);
+        let text = vec![0xcc_u8; 0x100100];
+        let find = |bytes: &[u8]| {
+            read_tables(&[
+                Section {
+                    address: BASE,
+                    bytes: &text,
+                },
+                Section {
+                    address: addr,
+                    bytes,
+                },
+            ])
+        };
+        let e = find(&bytes).unwrap();
+        assert_eq!(e.len(), owned.len());
+        for (got, (a, n)) in e.iter().zip(&owned) {
+            assert_eq!(got.address, *a, "{n}");
+            assert_eq!(got.name, n[1..]);
+        }
+        // Cut anywhere before the base: never a panic, never "found".
+        for cut in (0..bytes.len() - 16 - 3 * owned.len()).step_by(97) {
+            assert!(find(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
     fn syms() -> Vec<(u64, String)> {
         let mut v = vec![(0, "Afixed_percpu_data".to_string())];
         v.push((BASE, "T_text".into()));
