@@ -87,9 +87,15 @@ pub fn write(plan: &Plan<'_>, specials: &[Filtered]) -> Result<Vec<u8>, KlpError
         let o = b.symbols.add();
         o.name = alias.clone().into_bytes().into();
         o.section = Some(out_sec[&s.section.expect("carried")]);
-        o.set_st_info(elf::STB_GLOBAL, elf::STT_FUNC);
+        let kind = if plan.objtool_at_link {
+            elf::STT_NOTYPE
+        } else {
+            elf::STT_FUNC
+        };
+        o.set_st_info(elf::STB_GLOBAL, kind);
         o.st_value = s.value;
-        o.st_size = s.size;
+        // objtool takes a sized untyped symbol for code without a function.
+        o.st_size = if plan.objtool_at_link { 0 } else { s.size };
     }
 
     // Relocations of carried sections.
@@ -103,7 +109,16 @@ pub fn write(plan: &Plan<'_>, specials: &[Filtered]) -> Result<Vec<u8>, KlpError
             let Some(target) = plan.targets.get(&(id, r.offset)) else {
                 continue;
             };
-            let (symbol, addend) = resolve(&mut b, target, &out_sym, &sec_sym, &mut externals);
+            let (symbol, addend) = match target {
+                Target::Symbol(sym, a)
+                    if plan.objtool_at_link && obj.symbol(r.symbol).kind == SymKind::Section =>
+                {
+                    let s = obj.symbol(*sym);
+                    let home = s.section.expect("carried symbols are defined");
+                    (sec_sym[&home], a.wrapping_add(s.value as i64))
+                }
+                _ => resolve(&mut b, target, &out_sym, &sec_sym, &mut externals),
+            };
             out.push(Relocation {
                 r_offset: r.offset,
                 symbol: Some(symbol),

@@ -147,6 +147,7 @@ pub const OBJTOOL_ANNOTATIONS: &[&str] = &[
 /// the carried code's.
 pub fn objtool_at_link(plan: &mut Plan<'_>) -> Result<(), KlpError> {
     let obj = plan.patched;
+    plan.objtool_at_link = true;
     plan.specials
         .retain(|f| !OBJTOOL_TABLES.contains(&obj.section(f.source).name.as_str()));
     for s in &obj.sections {

@@ -223,6 +223,17 @@ pub(crate) fn walk(ours: &Ours<'_>, theirs: &Theirs<'_>) -> Result<Matched, Miss
             }));
         }
         w.pairs.push((at, to as u64));
+        if is_padding(&a) && is_padding(&b) && ours.relocs_in(&a).is_empty() {
+            // Alignment padding: the assembler sized it for where the code
+            // lies in its section, which differs between graft's object and
+            // the kernel's (gcc-14 aligns loops to 32 and more). A run of
+            // NOPs is equal to a run of NOPs, whatever their number and
+            // lengths; a branch into the middle of one is not paired, and
+            // refused as a local branch to another place.
+            skip_padding(&mut od, ours.code.len(), &mut a);
+            skip_padding(&mut td, limit, &mut b);
+            continue;
+        }
         let ao = od.get_constant_offsets(&a);
         let bo = td.get_constant_offsets(&b);
         if let Err(m) = w.step(&a, &b, &ao, &bo) {
@@ -251,6 +262,24 @@ struct Walker<'w, 'a> {
     pairs: Vec<(u64, u64)>,
     locals: Vec<Local>,
     seen: Vec<(String, u64)>,
+}
+
+/// A NOP (`nop`, `nopl`, `nopw`, `xchg %ax,%ax`): alignment padding.
+fn is_padding(i: &Instruction) -> bool {
+    i.mnemonic() == Mnemonic::Nop
+}
+
+/// Moves `d` past the NOPs that follow (not beyond `limit`).
+fn skip_padding(d: &mut Decoder<'_>, limit: usize, scratch: &mut Instruction) {
+    while d.can_decode() {
+        let (pos, ip) = (d.position(), d.ip());
+        d.decode_out(scratch);
+        if !is_padding(scratch) || d.position() > limit {
+            d.set_position(pos).expect("a position we were at");
+            d.set_ip(ip);
+            return;
+        }
+    }
 }
 
 /// A direct `call`, `jmp` or `jcc` (or `loop`, `jrcxz`): one near-branch operand.
