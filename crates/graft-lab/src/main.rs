@@ -55,6 +55,9 @@ enum Cmd {
         /// The source fix
         #[arg(long, value_name = "FILE")]
         patch: PathBuf,
+        /// Another release the lab holds (or `backports`, `trixie`: Linux 6.12)
+        #[arg(long, value_name = "RELEASE")]
+        release: Option<String>,
     },
     /// Boot the lab kernel and run a shell script as root in the guest; prints the console
     Run {
@@ -163,8 +166,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print_summary(&lab);
             }
         }
-        Cmd::Demo { graft, patch } => {
-            let lab = Lab::open(&root)?;
+        Cmd::Demo {
+            graft,
+            patch,
+            release,
+        } => {
+            let lab = open_any(&root, release)?;
             demo::run(&lab, &graft, &patch)?;
         }
         Cmd::Kallsyms => {

@@ -223,13 +223,15 @@ pub(crate) fn walk(ours: &Ours<'_>, theirs: &Theirs<'_>) -> Result<Matched, Miss
             }));
         }
         w.pairs.push((at, to as u64));
-        if is_padding(&a) && is_padding(&b) && ours.relocs_in(&a).is_empty() {
+        if is_padding(&a) && is_padding(&b) && a.len() != b.len() && ours.relocs_in(&a).is_empty() {
             // Alignment padding: the assembler sized it for where the code
             // lies in its section, which differs between graft's object and
-            // the kernel's (gcc-14 aligns loops to 32 and more). A run of
-            // NOPs is equal to a run of NOPs, whatever their number and
-            // lengths; a branch into the middle of one is not paired, and
-            // refused as a local branch to another place.
+            // the kernel's (gcc-14 aligns loops to 32 and more). Where two
+            // NOPs differ in length, the run of NOPs is equal to the run of
+            // NOPs, whatever their number and lengths; a branch into the
+            // middle of one is not paired, and refused as a local branch to
+            // another place. (NOPs of one length pair one to one, as any
+            // instruction: a NOP can be a branch target, a static branch.)
             skip_padding(&mut od, ours.code.len(), &mut a);
             skip_padding(&mut td, limit, &mut b);
             continue;
