@@ -93,6 +93,7 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
     let verified = units::verify(&units, &diffs, &target, image.as_ref())?;
     units::check_shared_state(&units, &diffs, &verified, image.is_some())?;
     let plans = units::plan(&units, &diffs, &verified, &target)?;
+    units::check_sealed(&plans, &target, image.as_ref())?;
 
     let states: Vec<_> = diffs
         .iter()

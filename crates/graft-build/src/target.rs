@@ -104,6 +104,9 @@ pub struct Target {
     pub paths: TargetPaths,
     pub symbols: graft_target::SymbolTable,
     pub exports: graft_target::Exports,
+    /// kbuild runs objtool on the patch module at its link (IBT kernels:
+    /// 6.12), so the patch objects carry objtool's annotations, not its tables.
+    pub objtool_at_link: bool,
 }
 
 impl Target {
@@ -111,7 +114,9 @@ impl Target {
         let paths = inputs.target.clone();
         let symbols = graft_target::SymbolTable::read(&paths.symbols)?;
         let exports = graft_target::Exports::read(&paths.headers.join("Module.symvers"))?;
+        let config = std::fs::read_to_string(&paths.config).unwrap_or_default();
         Ok(Target {
+            objtool_at_link: graft_kbuild::config::objtool_at_link(&config),
             paths,
             symbols,
             exports,

@@ -17,7 +17,7 @@ use graft_verify::Verified;
 use crate::report::FileReport;
 use crate::target::Target;
 use crate::workspace::Workspace;
-use crate::BuildError;
+use crate::{BuildError, Refusal};
 
 /// One compiled file, both builds, and where it lives in the target.
 pub struct Unit {
@@ -64,6 +64,7 @@ pub fn read(ws: &Workspace, target: &Target) -> Result<Vec<Unit>> {
         // Functions with an explicit section, one section each (as
         // -ffunction-sections gives every other function).
         for o in [&mut orig, &mut patched] {
+            graft_diff::prefix::demote(o);
             graft_diff::split::split_shared_sections(o).map_err(|e| {
                 anyhow::anyhow!(
                     "{obj}: cannot cut {} into one section per function: {} [rule: explicit-section]; hint: this is a graft limitation",
@@ -261,7 +262,11 @@ pub fn plan<'a>(
             known: &v.sympos,
             patch_defines: &defines,
         };
-        plans.push(graft_klp::include::plan(&u.patched, d, &resolver, i)?);
+        let mut plan = graft_klp::include::plan(&u.patched, d, &resolver, i)?;
+        if target.objtool_at_link {
+            graft_klp::special::objtool_at_link(&mut plan)?;
+        }
+        plans.push(plan);
     }
     if plans
         .iter()
@@ -270,6 +275,96 @@ pub fn plan<'a>(
         return Err(anyhow::anyhow!("the patch changes no function of the running kernel (the compiled code is identical); hint: check that the patch is the fix you meant").into());
     }
     Ok(plans)
+}
+
+/// IBT: the patch must not take the address of a kernel function whose
+/// ENDBR the kernel sealed at boot (vmlinux never took its address, so
+/// objtool listed it in `.ibt_endbr_seal`): an indirect call through that
+/// address faults on a CPU that enforces IBT ("Missing ENDBR"). A direct
+/// call or jump needs no ENDBR; new functions of the patch keep theirs
+/// (the module link's objtool sees their address taken). A module's own
+/// sealed functions are carried instead, as the differ sees their seal
+/// entry go (`.ibt_endbr_seal` of the module's object).
+pub fn check_sealed(
+    plans: &[Plan<'_>],
+    target: &Target,
+    image: Option<&KernelImage>,
+) -> Result<(), BuildError> {
+    let Some(image) = image else { return Ok(()) };
+    let sealed = image.sealed_endbr();
+    if sealed.is_empty() {
+        // No IBT: no ENDBR needed anywhere.
+        return Ok(());
+    }
+    let mut refusals = Vec::new();
+    for plan in plans {
+        let obj = plan.patched;
+        let code = graft_diff::code::CodeMap::new(obj);
+        for (&(sec, off), t) in &plan.targets {
+            let graft_klp::include::Target::External(name, addend) = t else {
+                continue;
+            };
+            let section = obj.section(sec);
+            if section.is_exec() && code.is_direct_branch(obj, sec, off) {
+                continue;
+            }
+            let (kname, sympos) = match graft_elf::klp::parse_sym_name(name) {
+                Some((graft_elf::klp::VMLINUX, n, p)) => (n, p),
+                Some(_) => continue,
+                None => (name.as_str(), 0),
+            };
+            let entries = target.symbols.lookup(graft_elf::klp::VMLINUX, kname);
+            let entry = match sympos {
+                0 if entries.len() == 1 => entries[0],
+                0 => continue,
+                p => match entries.get(p as usize - 1) {
+                    Some(e) => e,
+                    None => continue,
+                },
+            };
+            let Some(r) = section.relocs_in(off, off + 1).first() else {
+                continue;
+            };
+            let at = (entry.address as i64)
+                .wrapping_add(*addend)
+                .wrapping_add(code.bias(section, r)) as u64;
+            if !entry.is_text() || at != entry.address {
+                continue;
+            }
+            // gcc gives a static function an ENDBR only where its address is
+            // taken: the kernel's copy may have none at all.
+            const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+            let why = if sealed.contains(&at) {
+                "whose ENDBR the running kernel seals at boot [rule: ibt-sealed]: vmlinux never takes its address, so objtool listed it in .ibt_endbr_seal and the kernel replaced its ENDBR"
+            } else if image.bytes(at, 4) != Some(&ENDBR64[..]) {
+                "which has no ENDBR in the running kernel [rule: ibt-sealed]: its address is never taken there, so the compiler gave it none"
+            } else {
+                continue;
+            };
+            let user = obj
+                .symbol_covering(sec, off as i64)
+                .map_or_else(|| section.name.clone(), |s| s.name.clone());
+            let message = format!(
+                "{}: {user} takes the address of {kname} (at +{:#x}), {why}, and an indirect call through that address faults on a CPU that enforces IBT (\"Missing ENDBR\"); hint: call {kname} directly, or from a new function in the patch and take that one's address (new functions keep their ENDBR)",
+                obj.path.display(),
+                off.saturating_sub(
+                    obj.symbol_covering(sec, off as i64).map_or(0, |s| s.value)
+                ),
+            );
+            let r = Refusal {
+                rule: "ibt-sealed".into(),
+                message,
+            };
+            if !refusals.contains(&r) {
+                refusals.push(r);
+            }
+        }
+    }
+    if refusals.is_empty() {
+        Ok(())
+    } else {
+        Err(BuildError::Refused(refusals))
+    }
 }
 
 /// Global functions and data the patch adds: carried by the unit that

@@ -174,14 +174,6 @@ pub enum Availability {
 
 const APT_HINT: &str = "check that apt works on this host (`apt-get update`)";
 
-fn apt_command(program: &str) -> Command {
-    let mut c = Command::new(program);
-    c.env("DEBIAN_FRONTEND", "noninteractive")
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null());
-    c
-}
-
 /// Runs `cmd`; returns (success, stdout, stderr).
 fn run(cmd: &mut Command, hint: &str) -> Result<(bool, String, String), DebianError> {
     let out = cmd.output().map_err(|e| DebianError::Command {
@@ -225,24 +217,136 @@ pub(crate) fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// apt on this host, for look-ups and downloads.
-#[derive(Debug, Default)]
-pub struct Apt;
+/// apt on this host, for look-ups and downloads: with the system's
+/// sources, or with a private set of sources of graft's ([`Apt::private`]).
+#[derive(Debug, Default, Clone)]
+pub struct Apt {
+    /// `-o` options of a private configuration; empty for the system's.
+    options: Vec<String>,
+    /// The private configuration's directory.
+    dir: Option<PathBuf>,
+}
+
+/// The Debian suites graft reads other releases' kernels from, beside the
+/// system's own: bookworm-backports and trixie serve Linux 6.12 (Debian 13's
+/// kernel, and its backport to Debian 12).
+pub const OTHER_SOURCES: &[&str] = &[
+    "deb http://deb.debian.org/debian bookworm-backports main",
+    "deb http://deb.debian.org/debian trixie main",
+    "deb http://deb.debian.org/debian-security trixie-security main",
+];
+
+/// `sources.list` of a private configuration; the mark of a completed
+/// `apt-get update` is `lists/.graft-updated`.
+const PRIVATE_SOURCES: &str = "sources.list";
+const UPDATED: &str = ".graft-updated";
 
 impl Apt {
+    /// The system's apt.
     pub fn new() -> Self {
-        Apt
+        Apt::default()
+    }
+
+    /// apt with only `sources` (lines of a `sources.list`), its lists and
+    /// downloads kept in `dir`: the system's sources, lists and package
+    /// state are neither read nor changed (apt's own settings, such as a
+    /// proxy, still apply). Call [`Apt::update`] before the first look-up.
+    pub fn private(dir: &Path, sources: &[&str]) -> Result<Apt, DebianError> {
+        for d in ["lists/partial", "cache/archives/partial"] {
+            let p = dir.join(d);
+            std::fs::create_dir_all(&p)
+                .map_err(|e| DebianError::io(format!("creating {}", p.display()), e))?;
+        }
+        let list = dir.join(PRIVATE_SOURCES);
+        let text: String = sources.iter().map(|l| format!("{l}\n")).collect();
+        if std::fs::read_to_string(&list).ok().as_deref() != Some(text.as_str()) {
+            crate::cache::write_atomic(&list, text.as_bytes())?;
+            // Lists of other sources are not these sources' lists.
+            let _ = std::fs::remove_file(dir.join("lists").join(UPDATED));
+        }
+        let opt = |k: &str, v: &Path| format!("{k}={}", v.display());
+        Ok(Apt {
+            options: vec![
+                opt("Dir::Etc::sourcelist", &list),
+                "Dir::Etc::sourceparts=-".into(),
+                opt("Dir::State::Lists", &dir.join("lists")),
+                opt("Dir::Cache", &dir.join("cache")),
+                // apt's binary cache of the lists: without it every look-up
+                // parses them again (~1 s; a system may turn it off, as
+                // Debian's container images do).
+                "Dir::Cache::pkgcache=pkgcache.bin".into(),
+                "Dir::Cache::srcpkgcache=srcpkgcache.bin".into(),
+                // graft's directories belong to root, not to apt's
+                // download user.
+                "APT::Sandbox::User=root".into(),
+            ],
+            dir: Some(dir.to_path_buf()),
+        })
+    }
+
+    /// Whether this is a private configuration.
+    pub fn is_private(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    /// When a private configuration's lists were last updated.
+    pub fn updated(&self) -> Option<std::time::SystemTime> {
+        let dir = self.dir.as_ref()?;
+        std::fs::metadata(dir.join("lists").join(UPDATED))
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
+    /// `apt-get update` of a private configuration (the system's lists are
+    /// the system's business).
+    pub fn update(&self) -> Result<(), DebianError> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        run_ok(
+            self.command("apt-get").arg("update"),
+            "check network access to deb.debian.org",
+        )?;
+        crate::cache::write_atomic(&dir.join("lists").join(UPDATED), b"")
+    }
+
+    /// Updates a private configuration whose lists are missing or older
+    /// than `max_age`; says whether it did.
+    pub fn update_if_older(&self, max_age: Duration) -> Result<bool, DebianError> {
+        if !self.is_private() {
+            return Ok(false);
+        }
+        let fresh = self
+            .updated()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age <= max_age);
+        if fresh {
+            return Ok(false);
+        }
+        self.update()?;
+        Ok(true)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("DEBIAN_FRONTEND", "noninteractive")
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null());
+        for o in &self.options {
+            c.arg("-o").arg(o);
+        }
+        c
     }
 
     /// `apt-cache policy PKG`.
     pub fn policy(&self, pkg: &str) -> Result<Policy, DebianError> {
-        let (_, out, _) = run(apt_command("apt-cache").args(["policy", pkg]), APT_HINT)?;
+        let (_, out, _) = run(self.command("apt-cache").args(["policy", pkg]), APT_HINT)?;
         Ok(parse_policy(&out))
     }
 
     /// `apt-cache depends PKG`.
     pub fn depends(&self, pkg: &str) -> Result<String, DebianError> {
-        Ok(run(apt_command("apt-cache").args(["depends", pkg]), APT_HINT)?.1)
+        Ok(run(self.command("apt-cache").args(["depends", pkg]), APT_HINT)?.1)
     }
 
     /// Every version apt lists of each package (newest first).
@@ -250,14 +354,17 @@ impl Apt {
         if pkgs.is_empty() {
             return Ok(Vec::new());
         }
-        let (_, out, _) = run(apt_command("apt-cache").arg("madison").args(pkgs), APT_HINT)?;
+        let (_, out, _) = run(
+            self.command("apt-cache").arg("madison").args(pkgs),
+            APT_HINT,
+        )?;
         Ok(parse_madison(&out))
     }
 
     /// Package names apt knows that start with `prefix`.
     pub fn names(&self, prefix: &str) -> Result<Vec<String>, DebianError> {
         let (_, out, _) = run(
-            apt_command("apt-cache").args(["pkgnames", prefix]),
+            self.command("apt-cache").args(["pkgnames", prefix]),
             APT_HINT,
         )?;
         let mut v: Vec<String> = out.lines().map(|l| l.trim().to_string()).collect();
@@ -282,7 +389,8 @@ impl Apt {
     pub fn uri(&self, pkg: &str, version: &str) -> Result<Uri, DebianError> {
         let spec = format!("{pkg}={version}");
         let out = run_ok(
-            apt_command("apt-get").args(["download", "--print-uris", &spec]),
+            self.command("apt-get")
+                .args(["download", "--print-uris", &spec]),
             "apt does not list this version; `apt-get update` may help",
         )?;
         parse_print_uris(&out)
@@ -292,6 +400,33 @@ impl Apt {
                 what: format!("`apt-get download --print-uris {spec}` printed no URL"),
                 hint: APT_HINT.into(),
             })
+    }
+
+    /// Where apt would download each of `pkgs` (name, version) from, in
+    /// one look-up.
+    pub fn uris(&self, pkgs: &[(&str, &str)]) -> Result<Vec<Uri>, DebianError> {
+        let specs: Vec<String> = pkgs.iter().map(|(p, v)| format!("{p}={v}")).collect();
+        let out = run_ok(
+            self.command("apt-get")
+                .args(["download", "--print-uris"])
+                .args(&specs),
+            "apt does not list this version; `apt-get update` may help",
+        )?;
+        let all = parse_print_uris(&out);
+        pkgs.iter()
+            .map(|(p, _)| {
+                all.iter()
+                    .find(|u| u.file.starts_with(&format!("{p}_")))
+                    .cloned()
+                    .ok_or_else(|| DebianError::Apt {
+                        what: format!(
+                            "`apt-get download --print-uris {}` printed no URL for {p}",
+                            specs.join(" ")
+                        ),
+                        hint: APT_HINT.into(),
+                    })
+            })
+            .collect()
     }
 
     /// Asks the archive whether it serves `uri` (a HEAD request, through
@@ -348,7 +483,7 @@ impl Apt {
         }
         let _ = std::fs::remove_file(&path);
         let spec = format!("{pkg}={version}");
-        let mut cmd = apt_command("apt-get");
+        let mut cmd = self.command("apt-get");
         cmd.args(["download", &spec])
             .current_dir(dir)
             .stdout(Stdio::piped())

@@ -6,6 +6,7 @@
 //!   .lock                      flock held while a fetch runs: one preparation per kernel
 //!   image/                     dpkg-deb -x of linux-image-<release>-unsigned:
 //!     boot/vmlinuz-<release>, boot/config-<release>, lib/modules/<release>/
+//!     (usr/lib/modules/<release>/ in Debian 13's merged /usr)
 //!   headers/                   dpkg-deb -x of linux-headers-<release>, -<abi>-common, linux-kbuild-<x.y>:
 //!     usr/src/linux-headers-<release>/   the kbuild directory (its Makefile rewritten to
 //!                                        include this copy's -common Makefile)
@@ -45,6 +46,10 @@ pub struct Parts {
     /// The headers' `.config` (Debian's full build configuration), when
     /// `headers` is not fetched.
     pub build_config: Option<PathBuf>,
+    /// Where Debian build roots are kept, for a kernel whose compiler this
+    /// machine lacks (Debian 13's gcc-14 on Debian 12); without it such a
+    /// kernel is refused, naming the compiler.
+    pub buildroots: Option<PathBuf>,
 }
 
 impl Parts {
@@ -111,7 +116,7 @@ impl KernelDir {
             .join(format!("config-{}", self.release))
     }
     pub fn modules(&self) -> PathBuf {
-        self.dir.join("image/lib/modules").join(&self.release)
+        modules_in(&self.dir.join("image"), &self.release)
     }
     /// The kbuild directory of the headers (for out-of-tree modules).
     pub fn headers(&self) -> PathBuf {
@@ -200,9 +205,9 @@ impl KernelDir {
         for need in [
             format!("boot/vmlinuz-{r}"),
             format!("boot/config-{r}"),
-            format!("lib/modules/{r}"),
+            modules_in(Path::new(""), r).display().to_string(),
         ] {
-            if !out.join(&need).exists() {
+            if !out.join(&need).exists() && !out.join(format!("usr/{need}")).exists() {
                 return Err(DebianError::invalid(
                     format!("{} {} has no {need}", k.image.name, k.image.version),
                     "the package layout changed; graft-debian needs updating",
@@ -354,6 +359,7 @@ impl KernelDir {
             .and_then(|b| fs::read_to_string(b).ok())
             .unwrap_or_default();
         let tree = self.dir.join("src").join(&unpack.dir_name);
+        let buildroot = self.buildroot(k, parts, &image_config, p)?;
         let prepared = graft_kbuild::prepare::prepare(
             &graft_kbuild::prepare::Inputs {
                 tree: &tree,
@@ -361,9 +367,19 @@ impl KernelDir {
                 build_config: &build_config,
                 release: &k.release.name,
                 log: &self.log(),
+                buildroot: buildroot.as_deref(),
             },
             &mut |s| p(Event::Prepare(s)),
         )?;
+        // The headers build the patch module: with the same compiler.
+        if self.headers().is_dir() {
+            match &buildroot {
+                Some(root) => graft_kbuild::buildroot::record(&self.headers(), root)?,
+                None => {
+                    let _ = fs::remove_file(self.headers().join(graft_kbuild::buildroot::MARKER));
+                }
+            }
+        }
         write_marker(
             &self.dir,
             MARK_SOURCE,
@@ -375,11 +391,49 @@ impl KernelDir {
         Ok(true)
     }
 
+    /// The Debian root to build in, when this machine lacks the compiler
+    /// the kernel names (and the kernel says which Debian it is for).
+    fn buildroot(
+        &self,
+        k: &KernelPackages,
+        parts: &Parts,
+        image_config: &str,
+        p: &mut dyn FnMut(Event),
+    ) -> Result<Option<PathBuf>, DebianError> {
+        let Some(want) = graft_kbuild::config::string(image_config, "CC_VERSION_TEXT") else {
+            return Ok(None);
+        };
+        if graft_kbuild::compiler::choose(&want).is_some() {
+            return Ok(None);
+        }
+        let (Some(dir), Some(suite), Some(package)) = (
+            &parts.buildroots,
+            crate::buildroot::suite_of(&k.release),
+            graft_kbuild::compiler::package_for(&want),
+        ) else {
+            // graft-kbuild's refusal names the compiler and the package.
+            return Ok(None);
+        };
+        crate::buildroot::ensure(dir, suite, &package, p).map(Some)
+    }
+
     fn fresh_tmp(&self, what: &str) -> Result<PathBuf, DebianError> {
         let tmp = self.dir.join(format!(".tmp-{what}"));
         remove_dir(&tmp)?;
         create_dir(&tmp)?;
         Ok(tmp)
+    }
+}
+
+/// The modules directory of an unpacked image: `lib/modules/<release>`, or
+/// `usr/lib/modules/<release>` where Debian merged /usr into it (Debian 13).
+pub fn modules_in(image: &Path, release: &str) -> PathBuf {
+    let plain = image.join("lib/modules").join(release);
+    let merged = image.join("usr/lib/modules").join(release);
+    if !plain.exists() && merged.exists() {
+        merged
+    } else {
+        plain
     }
 }
 
@@ -556,7 +610,7 @@ fn replace_dir(from: &Path, to: &Path) -> Result<(), DebianError> {
 
 /// An exclusive `flock` on `<dir>/.lock`, so that two builds do not fetch
 /// or prepare one kernel at once; the second waits, then finds it done.
-fn lock(
+pub(crate) fn lock(
     dir: &Path,
     progress: &mut dyn FnMut(Event),
 ) -> Result<nix::fcntl::Flock<fs::File>, DebianError> {

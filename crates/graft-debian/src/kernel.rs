@@ -60,7 +60,10 @@ impl Release {
     }
 
     /// The three packages a module build needs: the flavour's headers, the
-    /// ABI's common headers, and kbuild's tools.
+    /// ABI's common headers, and kbuild's tools, as Debian 12 names them
+    /// (`linux-kbuild-6.1`); [`packages`] takes the kbuild package the
+    /// flavour's headers depend on when apt says (`linux-kbuild-6.12.95+deb12`
+    /// for 6.12: one per ABI).
     pub fn headers_packages(&self) -> [String; 3] {
         [
             format!("linux-headers-{}", self.name),
@@ -130,6 +133,36 @@ pub fn current_release(apt: &Apt) -> Result<Release, DebianError> {
     })
 }
 
+/// The kernel each listed version of `linux-image-amd64` depends on: the
+/// current kernel of every suite apt's sources hold, newest version first
+/// (with graft's private sources: `6.12.118-1` → `6.12.118+deb13-amd64` of
+/// trixie-security, …, `6.12.95-1~bpo12+1` → `6.12.95+deb12-amd64` of
+/// bookworm-backports).
+pub fn suite_kernels(apt: &Apt) -> Result<Vec<ServedKernel>, DebianError> {
+    let prefix = "linux-image-";
+    let mut out = Vec::new();
+    for (_, version) in apt.versions(&[META_IMAGE_PACKAGE.to_string()])? {
+        let Some(dep) = parse_depends(
+            &apt.depends(&format!("{META_IMAGE_PACKAGE}={version}"))?,
+            prefix,
+        ) else {
+            continue;
+        };
+        if let Some(release) = Release::parse(&dep[prefix.len()..]) {
+            out.push(ServedKernel {
+                release,
+                debian_version: version,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a Debian version is a backport (`6.12.95-1~bpo12+1`).
+pub fn is_backport(debian_version: &str) -> bool {
+    debian_version.contains("~bpo")
+}
+
 /// The kernels of `series` and `flavour` apt lists, oldest ABI first, each
 /// at its newest listed version.
 pub fn served(apt: &Apt, series: &str, flavour: &str) -> Result<Vec<ServedKernel>, DebianError> {
@@ -175,7 +208,19 @@ pub fn packages(
     let image = release.image_package();
     let [headers, common, kbuild] = release.headers_packages();
     let source = release.source_package();
-    let listed = apt.versions(&[image.clone(), kbuild.clone(), source.clone()])?;
+    let mut listed = apt.versions(&[image.clone(), kbuild.clone(), source.clone()])?;
+    // Not Debian 12's kbuild package: the flavour's headers name theirs.
+    let kbuild = if listed.iter().any(|(n, _)| *n == kbuild) {
+        kbuild
+    } else {
+        match parse_depends(&apt.depends(&headers)?, "linux-kbuild-") {
+            Some(k) => {
+                listed.extend(apt.versions(std::slice::from_ref(&k))?);
+                k
+            }
+            None => kbuild,
+        }
+    };
     let versions_of = |p: &str| -> Vec<String> {
         listed
             .iter()
@@ -238,8 +283,12 @@ pub fn packages(
 /// else downloadable (or unchecked when the archive cannot be asked).
 pub fn availability(apt: &Apt, k: &KernelPackages) -> Result<Availability, DebianError> {
     let mut result = Availability::Downloadable;
-    for p in k.all() {
-        let uri = apt.uri(&p.name, &p.version)?;
+    let pkgs: Vec<(&str, &str)> = k
+        .all()
+        .into_iter()
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
+    for uri in apt.uris(&pkgs)? {
         match apt.availability(&uri) {
             Availability::Downloadable => {}
             missing @ Availability::Missing { .. } => return Ok(missing),

@@ -4,17 +4,23 @@
 //! changes the system's package state.
 //!
 //! [`kernel`] names packages and asks apt what it lists; [`apt`] talks to
-//! apt and dpkg (look-ups, `apt-get download`, `dpkg-deb -x`); [`cache`]
+//! apt and dpkg (look-ups, `apt-get download`, `dpkg-deb -x`), with the
+//! system's sources or a private set of graft's; [`archive`] routes a
+//! release to the apt that serves it (the system's, else the private view
+//! of bookworm-backports and trixie, for Linux 6.12); [`cache`]
 //! lays a kernel out on disk, stage by stage, with completion markers and a
 //! lock per kernel. Progress reaches the caller as [`Event`]s.
 
 pub mod apt;
+pub mod archive;
+pub mod buildroot;
 pub mod cache;
 pub mod kernel;
 
 use std::path::PathBuf;
 
 pub use apt::{Apt, Availability};
+pub use archive::{Archive, OtherSuite};
 pub use cache::{CachedKernel, KernelCache, KernelDir, Parts, SourceDone};
 pub use kernel::{KernelPackages, Package, Release, ServedKernel};
 
@@ -25,6 +31,8 @@ pub enum Stage {
     Headers,
     Source,
     Prepare,
+    /// A Debian root with the kernel's compiler ([`buildroot`]).
+    BuildRoot,
 }
 
 impl Stage {
@@ -34,6 +42,9 @@ impl Stage {
             Stage::Headers => "headers",
             Stage::Source => "source",
             Stage::Prepare => "preparing the source",
+            Stage::BuildRoot => {
+                "making a Debian build root with the kernel's compiler (debootstrap)"
+            }
         }
     }
 }

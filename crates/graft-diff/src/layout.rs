@@ -61,7 +61,10 @@ pub const PROBE: &str = r#"
 #include <asm/alternative.h>
 #include <asm/extable.h>
 #include <asm/orc_types.h>
-#ifdef CONFIG_PARAVIRT
+#include <linux/version.h>
+/* Paravirt patch sites became alternatives in 6.8 (no .parainstructions). */
+#if defined(CONFIG_PARAVIRT) && LINUX_VERSION_CODE < KERNEL_VERSION(6, 8, 0)
+#define GRAFT_PARAINSTRUCTIONS
 #include <asm/paravirt_types.h>
 #endif
 #define ITEM(name, T) const unsigned long graft_layout__##name[2] __attribute__((used)) = { sizeof(T), __alignof__(T) };
@@ -79,7 +82,7 @@ ITEM(jump_entry, MOD(jump_entries))
 #endif
 ITEM(alt_instr, struct alt_instr)
 MASK(alt_instr, struct alt_instr, replacementlen)
-#ifdef CONFIG_PARAVIRT
+#ifdef GRAFT_PARAINSTRUCTIONS
 ITEM(paravirt_patch_site, struct paravirt_patch_site)
 #endif
 #ifdef CONFIG_HAVE_STATIC_CALL_INLINE

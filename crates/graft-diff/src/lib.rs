@@ -20,6 +20,7 @@ pub mod crc;
 pub mod layout;
 pub mod markers;
 pub mod names;
+pub mod prefix;
 pub mod rules;
 pub mod special;
 pub mod split;

@@ -138,6 +138,15 @@ const EXACT: &[(&str, Role)] = &[
         Role::Table(Table::plain(Size::RelocField)),
     ),
     (".return_sites", Role::Table(Table::plain(Size::RelocField))),
+    // objtool's tables of IBT kernels (6.12), in objects it ran on (a module
+    // of one file): call sites for call depth tracking, ENDBRs of functions
+    // never address-taken (sealed at load), FineIBT's CFI sites.
+    (".call_sites", Role::Table(Table::plain(Size::RelocField))),
+    (
+        ".ibt_endbr_seal",
+        Role::Table(Table::plain(Size::RelocField)),
+    ),
+    (".cfi_sites", Role::Table(Table::plain(Size::RelocField))),
     (
         ".orc_unwind_ip",
         Role::Table(Table::plain(Size::Item("orc_unwind_ip"))),
@@ -169,6 +178,10 @@ const EXACT: &[(&str, Role)] = &[
     ("__param", Role::Registry),
     ("__modver", Role::Registry),
     (".static_call_tramp_key", Role::Registry),
+    // Where `-fpatchable-function-entry` put each function's padding
+    // (6.12's CALL_PADDING): x86 discards it from vmlinux and ftrace reads
+    // `__mcount_loc`, so nothing reads it in a module either.
+    ("__patchable_function_entries", Role::Drop),
     (".modinfo", Role::Drop),
     (".comment", Role::Drop),
     (".BTF", Role::Drop),

@@ -2,7 +2,6 @@
 //! per data object so that the differ can compare and carry them one by one.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::KbuildError;
 
@@ -42,7 +41,7 @@ pub fn compile(
         }
     }
     let (ok, text) = crate::run_logged(
-        Command::new("make")
+        crate::buildroot::command_in(root, "make", &[log], None)
             .arg("-C")
             .arg(root)
             .arg(format!("-j{jobs}"))

@@ -55,7 +55,12 @@ pub fn same(a: &str, b: &str) -> bool {
 
 /// The first line `cc --version` prints, if `cc` runs.
 pub fn version_text(cc: &str) -> Option<String> {
-    let out = std::process::Command::new(cc)
+    version_text_in(None, cc)
+}
+
+/// [`version_text`] of `cc` inside a build root (`None`: the host).
+pub fn version_text_in(root: Option<&std::path::Path>, cc: &str) -> Option<String> {
+    let out = crate::buildroot::command(root, cc, &[], None)
         .arg("--version")
         .env("LC_ALL", "C")
         .output()
@@ -77,6 +82,11 @@ pub fn version_text(cc: &str) -> Option<String> {
 /// compiler, else the family's plain name (`gcc`) when that is the same
 /// compiler. `None` when neither is installed.
 pub fn choose(want: &str) -> Option<String> {
+    choose_in(None, want)
+}
+
+/// [`choose`] inside a build root (`None`: the host).
+pub fn choose_in(root: Option<&std::path::Path>, want: &str) -> Option<String> {
     let named = program(want)?;
     let fam = family(want);
     let mut candidates = vec![named.to_string()];
@@ -87,7 +97,7 @@ pub fn choose(want: &str) -> Option<String> {
     }
     candidates
         .into_iter()
-        .find(|cc| version_text(cc).is_some_and(|have| same(want, &have)))
+        .find(|cc| version_text_in(root, cc).is_some_and(|have| same(want, &have)))
 }
 
 /// What to install or pass to get the compiler `want` names, for hints:

@@ -23,6 +23,16 @@ pub fn parse(text: &str) -> BTreeMap<String, String> {
     m
 }
 
+/// Whether kbuild runs objtool on each module at its link (`--link`)
+/// instead of on each object: with IBT or clang's LTO (`delay-objtool` in
+/// scripts/Makefile.lib), as Debian's 6.12 kernels have.
+pub fn objtool_at_link(text: &str) -> bool {
+    let c = parse(text);
+    ["X86_KERNEL_IBT", "LTO_CLANG"]
+        .iter()
+        .any(|k| c.get(*k).is_some_and(|v| v == "y"))
+}
+
 /// The value of a string option, unquoted and unescaped.
 pub fn string(text: &str, key: &str) -> Option<String> {
     let v = parse(text).remove(key)?;

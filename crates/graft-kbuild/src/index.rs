@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -153,7 +152,7 @@ impl Index {
     /// their includes.
     pub fn build(root: &Path, make_vars: &[String]) -> Result<Index, KbuildError> {
         let start = Instant::now();
-        let out = Command::new("make")
+        let out = crate::buildroot::command_in(root, "make", &[], None)
             .arg("-C")
             .arg(root)
             .args(["-n", "-k", "-W", "include/linux/kconfig.h"])

@@ -6,6 +6,7 @@
 //! original objects are kept per tree state ([`objects`]). The module is
 //! linked against the kernel's headers ([`module`]).
 
+pub mod buildroot;
 pub mod compile;
 pub mod compiler;
 pub mod config;

@@ -44,6 +44,9 @@ pub struct Inputs<'a> {
     pub release: &'a str,
     /// Where make's output goes.
     pub log: &'a Path,
+    /// A Debian root holding the kernel's compiler, when this machine does
+    /// not have it: the tree is prepared (and later built) inside it.
+    pub buildroot: Option<&'a Path>,
 }
 
 /// A prepared tree's settings.
@@ -84,8 +87,9 @@ impl Step {
 }
 
 /// `make -C <tree> <vars>` with a clean environment.
+/// Inside the tree's build root, if it has one ([`crate::buildroot`]).
 pub fn make_command(tree: &Path, vars: &[String]) -> Command {
-    let mut c = Command::new("make");
+    let mut c = crate::buildroot::command_in(tree, "make", &[], None);
     for k in MAKE_ENV_REMOVE {
         c.env_remove(k);
     }
@@ -109,9 +113,15 @@ pub fn prepare(inputs: &Inputs<'_>, step: &mut dyn FnMut(Step)) -> Result<Prepar
     config_adjustments.extend(cert_changes);
     write_atomic(&tree.join(".config"), text.as_bytes())?;
 
+    match inputs.buildroot {
+        Some(root) => crate::buildroot::record(tree, root)?,
+        None => {
+            let _ = std::fs::remove_file(tree.join(crate::buildroot::MARKER));
+        }
+    }
     let mut make_vars = Vec::new();
     if let Some(want) = config::string(inputs.image_config, "CC_VERSION_TEXT") {
-        match compiler::choose(&want) {
+        match compiler::choose_in(inputs.buildroot, &want) {
             Some(cc) => make_vars.push(format!("CC={cc}")),
             None => {
                 return Err(KbuildError::NoCompiler {
@@ -120,6 +130,15 @@ pub fn prepare(inputs: &Inputs<'_>, step: &mut dyn FnMut(Step)) -> Result<Prepar
                 })
             }
         }
+    }
+    // Kconfig asks the Rust compiler on PATH for its version (6.12:
+    // `RUSTC_VERSION`); a kernel built without one records 0, and so must the
+    // tree, whatever rustc this machine has.
+    if config::parse(inputs.image_config)
+        .get("RUSTC_VERSION")
+        .is_some_and(|v| v == "0")
+    {
+        make_vars.push(format!("RUSTC={}", crate::tree::NO_RUSTC));
     }
     make_vars.push(format!("KERNELRELEASE={}", inputs.release));
 

@@ -5,7 +5,6 @@
 //! a probe.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::{io, KbuildError};
 
@@ -43,7 +42,7 @@ pub fn compile(tree: &Path, source: &str) -> Result<Vec<u8>, KbuildError> {
     let src = scratch.path().join("graft-probe.c");
     let out = scratch.path().join("graft-probe.o");
     std::fs::write(&src, source).map_err(io("cannot write the probe"))?;
-    let run = Command::new(&compiler)
+    let run = crate::buildroot::command_in(tree, &compiler, &[scratch.path()], Some(tree))
         .args(&args)
         .arg("-w")
         .arg("-c")

@@ -123,7 +123,7 @@ impl KernelTree {
             return Ok(());
         };
         let cc = self.compiler();
-        let have = compiler::version_text(&cc);
+        let have = compiler::version_text_in(crate::buildroot::of(&self.root).as_deref(), &cc);
         if have.as_deref().is_some_and(|h| compiler::same(&want, h)) {
             return Ok(());
         }
@@ -135,9 +135,16 @@ impl KernelTree {
     }
 }
 
+/// The Rust compiler of a tree prepared like a kernel built without one:
+/// a program that fails, so Kconfig reads version 0 (`false --version`
+/// prints nothing).
+pub const NO_RUSTC: &str = "false";
+
 /// kbuild records the compiler as `$(CC) --version | head -1` and the
 /// release in `include/config/kernel.release`; running make without the
-/// same `CC` and `KERNELRELEASE` would silently reconfigure the tree.
+/// same `CC` and `KERNELRELEASE` would silently reconfigure the tree. Since
+/// 6.12 Kconfig also records the Rust compiler (`RUSTC`): a tree configured
+/// with another one than `rustc` (graft's [`NO_RUSTC`]) needs it again.
 fn make_vars(root: &Path) -> Vec<String> {
     let mut vars = Vec::new();
     let text = std::fs::read_to_string(root.join(".config")).unwrap_or_default();
@@ -154,6 +161,11 @@ fn make_vars(root: &Path) -> Vec<String> {
     } else if cfg.get("CC_IS_CLANG").map(String::as_str) == Some("y") {
         vars.push("CC=clang".into());
     }
+    let cmd =
+        std::fs::read_to_string(root.join("include/config/auto.conf.cmd")).unwrap_or_default();
+    if let Some(rustc) = recorded_env(&cmd, "RUSTC").filter(|r| r != "rustc") {
+        vars.push(format!("RUSTC={rustc}"));
+    }
     // The release the tree was prepared with is the one compiled in
     // (`UTS_RELEASE`); `include/config/kernel.release` may differ when the
     // tree was prepared with KERNELRELEASE= on the command line, as distros do.
@@ -163,4 +175,29 @@ fn make_vars(root: &Path) -> Vec<String> {
         vars.push(format!("KERNELRELEASE={rel}"));
     }
     vars
+}
+
+/// The value of environment variable `var` Kconfig recorded in
+/// `include/config/auto.conf.cmd` (`ifneq "$(RUSTC)" "false"`).
+fn recorded_env(cmd: &str, var: &str) -> Option<String> {
+    let head = format!("ifneq \"$({var})\" \"");
+    cmd.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix(&head)?
+            .strip_suffix('"')
+            .map(str::to_owned)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_rust_compiler() {
+        let cmd = "ifneq \"$(CC)\" \"gcc-12\"\n$(autoconfig): FORCE\nendif\n\nifneq \"$(RUSTC)\" \"false\"\n$(autoconfig): FORCE\nendif\n";
+        assert_eq!(recorded_env(cmd, "RUSTC").as_deref(), Some("false"));
+        assert_eq!(recorded_env(cmd, "CC").as_deref(), Some("gcc-12"));
+        assert_eq!(recorded_env(cmd, "BINDGEN"), None);
+    }
 }

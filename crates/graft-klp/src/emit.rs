@@ -72,6 +72,10 @@ impl Emitter<'_, '_> {
             {
                 continue;
             }
+            // A function's padding is named by the module link's objtool.
+            if graft_diff::prefix::is_padding_symbol(&s.name) && s.kind != SymKind::Func {
+                continue;
+            }
             // Local in the module: nothing links to carried code by name
             // (the stub uses the aliases), and a local name sorts before the
             // global alias, so stack traces and oopses show the kernel's
@@ -93,15 +97,19 @@ impl Emitter<'_, '_> {
             );
             self.out_sym.insert(s.id, o);
         }
+        // With objtool at the module link, the aliases are untyped and
+        // sizeless: objtool would take a second function symbol at a
+        // function's address for another function.
+        let at_link = self.plan.objtool_at_link;
         for (sym, alias) in &self.plan.aliases {
             let s = obj.symbol(*sym);
             self.w.add_symbol(
                 alias,
                 Some(self.out_sec[&s.section.expect("carried")]),
                 s.value,
-                s.size,
+                if at_link { 0 } else { s.size },
                 Binding::Global,
-                SymKind::Func,
+                if at_link { SymKind::NoType } else { SymKind::Func },
                 0,
             );
         }
@@ -118,7 +126,20 @@ impl Emitter<'_, '_> {
                 let Some(target) = self.plan.targets.get(&(id, r.offset)) else {
                     continue;
                 };
-                let (symbol, addend) = self.resolve(target);
+                // With objtool at the module link, a reference the compiler
+                // made through a section symbol stays so (a jump to
+                // `foo.cold` through its function symbol is a call to it).
+                let (symbol, addend) = match target {
+                    Target::Symbol(sym, a)
+                        if self.plan.objtool_at_link
+                            && obj.symbol(r.symbol).kind == SymKind::Section =>
+                    {
+                        let s = obj.symbol(*sym);
+                        let home = s.section.expect("carried symbols are defined");
+                        (self.sec_sym[&home], a.wrapping_add(s.value as i64))
+                    }
+                    _ => self.resolve(target),
+                };
                 relocs.push(OutReloc {
                     offset: r.offset,
                     r_type: r.r_type,

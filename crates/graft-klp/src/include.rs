@@ -81,6 +81,14 @@ pub struct Plan<'a> {
     /// Global functions and data new in this file: they keep their global
     /// binding in the module, for the patch's other files.
     pub new_globals: BTreeSet<SymbolId>,
+    /// objtool runs on the module at its link
+    /// ([`crate::special::objtool_at_link`]). It reads the symbols: the
+    /// stub's aliases are then untyped (a second function symbol at a
+    /// function's address would be another function to it, and the jumps to
+    /// the cold part sibling calls), and references the compiler made
+    /// through a section symbol stay so (a jump to `foo.cold` through its
+    /// function symbol is a call to it).
+    pub objtool_at_link: bool,
 }
 
 impl<'a> Plan<'a> {
@@ -164,6 +172,7 @@ impl<'a, 'd, 'r> Planner<'a, 'd, 'r> {
                 .filter(|c| c.verdict == Verdict::New && patched.symbol(c.symbol).is_global())
                 .map(|c| c.symbol)
                 .collect(),
+            objtool_at_link: false,
         };
         let object = plan.object_name();
         let code = diff.code.clone();

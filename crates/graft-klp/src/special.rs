@@ -10,7 +10,7 @@ use graft_diff::special::{role, Role};
 use graft_diff::ObjectDiff;
 use graft_elf::SectionId;
 
-use crate::include::Plan;
+use crate::include::{Plan, Target};
 use crate::KlpError;
 
 /// A special section cut down to the entries of carried code.
@@ -181,4 +181,95 @@ fn orc_records(
         }
     }
     Ok(orc)
+}
+
+/// Tables objtool writes about the code it checks.
+pub const OBJTOOL_TABLES: &[&str] = &[
+    ".orc_unwind",
+    ".orc_unwind_ip",
+    ".return_sites",
+    ".retpoline_sites",
+    ".call_sites",
+    ".static_call_sites",
+    ".ibt_endbr_seal",
+    ".cfi_sites",
+];
+
+/// Annotations objtool reads (`ANNOTATE_REACHABLE` after a WARN's `ud2`,
+/// `ANNOTATE_RETPOLINE_SAFE`, unwind hints, `STACK_FRAME_NON_STANDARD`…):
+/// one entry per annotated place, its relocation first.
+pub const OBJTOOL_ANNOTATIONS: &[&str] = &[
+    ".discard.reachable",
+    ".discard.unreachable",
+    ".discard.retpoline_safe",
+    ".discard.noendbr",
+    ".discard.intra_function_calls",
+    ".discard.ignore_alts",
+    ".discard.instr_begin",
+    ".discard.instr_end",
+    ".discard.validate_unret",
+    ".discard.unwind_hints",
+    ".discard.func_stack_frame_non_standard",
+];
+
+/// For kernels whose build runs objtool on each module at its link
+/// (`--link`: IBT or clang LTO, as Debian's 6.12), kbuild runs it on the
+/// patch module too, over the patch objects and the stub together: it
+/// writes the ORC data, return and call sites, static call sites and ENDBR
+/// seals of the whole module, and it refuses to add a table an object
+/// already has. So the patch objects carry none of objtool's tables (a
+/// module's own objects may have them: kbuild runs objtool on a module of
+/// one file), and carry instead the annotations objtool reads, cut down to
+/// the carried code's.
+pub fn objtool_at_link(plan: &mut Plan<'_>) -> Result<(), KlpError> {
+    let obj = plan.patched;
+    plan.objtool_at_link = true;
+    plan.specials
+        .retain(|f| !OBJTOOL_TABLES.contains(&obj.section(f.source).name.as_str()));
+    for s in &obj.sections {
+        if !OBJTOOL_ANNOTATIONS.contains(&s.name.as_str()) || s.relocs.is_empty() {
+            continue;
+        }
+        // A dense array: one relocation at the start of each entry.
+        let n = s.relocs.len() as u64;
+        let size = s.size / n;
+        let dense = size > 0
+            && s.size == size * n
+            && s.relocs
+                .iter()
+                .enumerate()
+                .all(|(i, r)| r.offset == i as u64 * size);
+        if !dense {
+            return Err(KlpError::UnsupportedSpecialSection {
+                object: plan.object_name(),
+                section: s.name.clone(),
+            });
+        }
+        let mut f = Filtered {
+            source: s.id,
+            data: Vec::new(),
+            relocs: Vec::new(),
+            deferred: None,
+        };
+        for r in &s.relocs {
+            let Some((home, off)) = graft_diff::special::data_target(obj, r) else {
+                continue;
+            };
+            if !plan.sections.contains(&home) {
+                continue;
+            }
+            let (lo, hi) = (r.offset as usize, (r.offset + size) as usize);
+            let Some(bytes) = s.data.get(lo..hi) else {
+                continue;
+            };
+            f.relocs.push((f.data.len() as u64, r.offset));
+            f.data.extend_from_slice(bytes);
+            plan.targets
+                .insert((s.id, r.offset), Target::Section(home, off));
+        }
+        if !f.data.is_empty() {
+            plan.specials.push(f);
+        }
+    }
+    Ok(())
 }

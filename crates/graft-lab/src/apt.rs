@@ -26,6 +26,9 @@ pub const BASE_PACKAGES: &[&str] = &[
     "dwarves",
     // graft asks the archive whether a kernel's files can be downloaded.
     "curl",
+    // A kernel whose compiler Debian 12 lacks (Debian 13's gcc-14) is built
+    // in a Debian root graft makes.
+    "debootstrap",
 ];
 
 fn apt_command(program: &str) -> Command {

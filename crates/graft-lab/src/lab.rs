@@ -174,7 +174,7 @@ impl Lab {
             .join(format!("config-{}", self.release))
     }
     pub fn modules_dir(&self) -> PathBuf {
-        self.dir().join("image/lib/modules").join(&self.release)
+        graft_debian::cache::modules_in(&self.dir().join("image"), &self.release)
     }
     /// The prepared kernel source tree; build in it with [`Lab::make_command`].
     pub fn source_tree(&self) -> PathBuf {
@@ -300,6 +300,43 @@ impl Lab {
         Ok(lab)
     }
 
+    /// Idempotent: sets up the current kernel of another Debian suite
+    /// (`backports`: bookworm-backports' 6.12; `trixie`: Debian 13's) with
+    /// [`Lab::setup_release`], and records it under the suite's name in
+    /// the lab (what [`Lab::open_suite`] opens).
+    pub fn setup_suite(
+        root: &Path,
+        suite: graft_debian::OtherSuite,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Lab, LabError> {
+        progress(&format!(
+            "resolving the current kernel of {}…",
+            suite.name()
+        ));
+        create_dir(root)?;
+        let k = graft_debian::Archive::new(root).suite_kernel(suite)?;
+        let lab = Lab::setup_release(root, &k.release.name, progress)?;
+        write_atomic(
+            &root.join(suite.name()),
+            format!("{}\n", lab.release).as_bytes(),
+        )?;
+        Ok(lab)
+    }
+
+    /// Opens the kernel [`Lab::setup_suite`] set up for `suite`.
+    pub fn open_suite(root: &Path, suite: graft_debian::OtherSuite) -> Result<Lab, LabError> {
+        let file = root.join(suite.name());
+        let release = fs::read_to_string(&file).map_err(|_| LabError::NotSetUp {
+            root: root.to_path_buf(),
+            missing: format!(
+                "{} is missing (`graft-lab setup --release {}`)",
+                file.display(),
+                suite.name()
+            ),
+        })?;
+        Lab::open_release(root, release.trim())
+    }
+
     /// The newest kernel of the current series older than the current one
     /// whose files the archive serves (apt may list kernels whose files are
     /// gone): the lab's second kernel.
@@ -352,8 +389,10 @@ impl Lab {
             let installed = apt::ensure_installed(&root.join("logs"), p)?;
             Ok(((), !installed.is_empty()))
         })?;
-        let debian = graft_debian::Apt::new();
-        let k = kernel::packages(&debian, &release, None)?;
+        // The system's apt, else graft's private view of the other Debian
+        // releases' kernels (bookworm-backports, trixie), kept in the lab.
+        let archive = graft_debian::Archive::new(root);
+        let (debian, k) = archive.packages(&release, None)?;
         progress(&format!(
             "kernel {} (Debian {})",
             release.name, k.debian_version
@@ -362,7 +401,11 @@ impl Lab {
         let kdir = KernelDir::new(&dir, &release.name);
         let t = Instant::now();
         let mut last_file = String::new();
-        kdir.fetch(&debian, &k, &Parts::all(), &mut |e| {
+        let parts = Parts {
+            buildroots: Some(root.join("buildroots")),
+            ..Parts::all()
+        };
+        kdir.fetch(debian, &k, &parts, &mut |e| {
             // A download is reported once, when it starts.
             if let Event::Download { file, .. } = &e {
                 if *file == last_file {

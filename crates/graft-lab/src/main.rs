@@ -31,8 +31,9 @@ enum Cmd {
     /// Install and cache everything (idempotent; the first run takes a few minutes)
     Setup {
         /// Set up this kernel release beside the others (e.g. 6.1.0-47-amd64, or `previous`:
-        /// the newest downloadable one older than the current) instead of Debian's current
-        /// one; it does not become the lab's current release
+        /// the newest downloadable one older than the current; `backports` or `trixie`: the
+        /// current 6.12 kernel of bookworm-backports or of Debian 13) instead of Debian's
+        /// current one; it does not become the lab's current release
         #[arg(long, value_name = "RELEASE")]
         release: Option<String>,
     },
@@ -55,6 +56,9 @@ enum Cmd {
         /// The source fix
         #[arg(long, value_name = "FILE")]
         patch: PathBuf,
+        /// Another release the lab holds (or `backports`, `trixie`: Linux 6.12)
+        #[arg(long, value_name = "RELEASE")]
+        release: Option<String>,
     },
     /// Build the real fixes of a Debian kernel update with graft, one per changed file, and load
     /// every built one in a VM booting the kernel they are for (see docs/corpus.md)
@@ -76,6 +80,9 @@ enum Cmd {
         /// Print only what the script printed (between the runner's markers)
         #[arg(long)]
         script_only: bool,
+        /// Boot another release the lab holds (or `backports`, `trixie`)
+        #[arg(long, value_name = "RELEASE")]
+        release: Option<String>,
     },
 }
 
@@ -125,6 +132,17 @@ fn progress_printer() -> impl FnMut(&str) {
     move |line: &str| eprintln!("[{:6.1}s] {line}", start.elapsed().as_secs_f64())
 }
 
+/// The lab's current release, another it holds, or a suite's (`backports`, `trixie`).
+fn open_any(root: &std::path::Path, release: Option<String>) -> Result<Lab, LabError> {
+    match release {
+        None => Lab::open(root),
+        Some(r) => match graft_debian::OtherSuite::parse(&r) {
+            Some(suite) => Lab::open_suite(root, suite),
+            None => Lab::open_release(root, &r),
+        },
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let root = cli.root.unwrap_or_else(Lab::default_root);
     match cli.command {
@@ -135,24 +153,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     let r = Lab::previous_release()?;
                     Lab::setup_release(&root, &r, &mut progress)?
                 }
+                Some(r) if graft_debian::OtherSuite::parse(&r).is_some() => {
+                    let suite = graft_debian::OtherSuite::parse(&r).expect("checked");
+                    Lab::setup_suite(&root, suite, &mut progress)?
+                }
                 Some(r) => Lab::setup_release(&root, &r, &mut progress)?,
                 None => Lab::setup(&root, &mut progress)?,
             };
             print_summary(&lab);
         }
         Cmd::Info { json, release } => {
-            let lab = match release {
-                Some(r) => Lab::open_release(&root, &r)?,
-                None => Lab::open(&root)?,
-            };
+            let lab = open_any(&root, release)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&lab.info_json())?);
             } else {
                 print_summary(&lab);
             }
         }
-        Cmd::Demo { graft, patch } => {
-            let lab = Lab::open(&root)?;
+        Cmd::Demo {
+            graft,
+            patch,
+            release,
+        } => {
+            let lab = open_any(&root, release)?;
             demo::run(&lab, &graft, &patch)?;
         }
         Cmd::Corpus(args) => return corpus_cmd::run(&root, args),
@@ -172,6 +195,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             files,
             timeout,
             script_only,
+            release,
         } => {
             if !(timeout.is_finite() && timeout > 0.0) {
                 bail!("--timeout must be a positive number of seconds, got {timeout}");
@@ -192,7 +216,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 (None, None) => bail!("give a SCRIPT file or --command"),
             };
-            let lab = Lab::open(&root)?;
+            let lab = open_any(&root, release)?;
             let sc = Scenario {
                 name,
                 files,

@@ -16,10 +16,22 @@
 //! kallsyms_token_index    u16 × 256   offset of each token in the table
 //! ```
 //!
+//! Since 6.11 (Debian's 6.12 kernels) the order is another, and the offsets
+//! are always relative (`CONFIG_KALLSYMS_BASE_RELATIVE` is gone):
+//!
+//! ```text
+//! kallsyms_num_syms, kallsyms_names, kallsyms_markers,
+//! kallsyms_token_table, kallsyms_token_index,
+//! kallsyms_offsets, kallsyms_relative_base, kallsyms_seqs_of_names
+//! ```
+//!
 //! A stripped vmlinux has no symbol naming them, so they are found by
 //! structure: a `relative_base` followed by a count whose names parse to
 //! exactly the markers that follow them, then a token table whose index
-//! agrees with its strings. Random data does not pass those checks.
+//! agrees with its strings. Random data does not pass those checks. The
+//! later order is found from its token index (256 rising offsets from 0,
+//! each just past a NUL of the table before it), the markers that end at
+//! the table, and a count before the names that parse to them.
 //!
 //! A symbol's name is its tokens expanded; the first character is its type
 //! letter, as `/proc/kallsyms` prints it (`kernel/kallsyms.c`,
@@ -65,6 +77,16 @@ pub fn read_tables(sections: &[Section<'_>]) -> Result<Vec<KallsymsEntry>, Embed
                 if let Some(entries) = try_at(s, pos) {
                     return Ok(entries);
                 }
+            }
+            pos += ALIGN as usize;
+        }
+    }
+    // The order of 6.11 and later.
+    for s in sections {
+        let mut pos = (align_up(s.address, ALIGN) - s.address) as usize;
+        while pos + 2 * 256 <= s.bytes.len() {
+            if let Some(entries) = try_index_at(s, pos, &kernel) {
+                return Ok(entries);
             }
             pos += ALIGN as usize;
         }
@@ -140,22 +162,29 @@ fn try_at(s: &Section<'_>, base_at: usize) -> Option<Vec<KallsymsEntry>> {
     // it, every offset is an unsigned distance from the base, which never
     // makes one negative in a kernel smaller than 2 GiB.
     let absolute_percpu = offsets.iter().any(|&o| o < 0);
-    let sorted = if absolute_percpu {
-        let split = offsets.iter().position(|&o| o < 0).unwrap_or(n);
-        offsets[..split].windows(2).all(|w| w[0] <= w[1])
-            && offsets[split..]
-                .windows(2)
-                .all(|w| w[0] >= w[1] && w[1] < 0)
-    } else {
-        offsets.windows(2).all(|w| w[0] as u32 <= w[1] as u32)
-    };
-    if !sorted {
+    if !offsets_sorted(&offsets, absolute_percpu) {
         return None;
     }
 
     // Names: walk them, noting where every 256th starts; the markers that
     // follow must say the same.
     let names_at = aligned(s, base_at + 12);
+    let (spans, after_markers) = names_and_markers(s, names_at, n)?;
+    // With kallsyms_seqs_of_names, the token table comes 3n bytes later.
+    let tokens = token_table(s, after_markers)
+        .or_else(|| token_table(s, aligned(s, after_markers.checked_add(3 * n)?)))?;
+    decode(b, spans, &offsets, &tokens, relative_base, absolute_percpu)
+}
+
+/// Walks `n` names from `names_at`, noting where every 256th starts; the
+/// markers that follow must say the same. Returns each name's token span
+/// and where the markers end (aligned).
+fn names_and_markers(
+    s: &Section<'_>,
+    names_at: usize,
+    n: usize,
+) -> Option<(Vec<std::ops::Range<usize>>, usize)> {
+    let b = s.bytes;
     let mut at = names_at;
     let mut starts = Vec::with_capacity(n.div_ceil(256));
     let mut spans = Vec::with_capacity(n);
@@ -177,14 +206,21 @@ fn try_at(s: &Section<'_>, base_at: usize) -> Option<Vec<KallsymsEntry>> {
             return None;
         }
     }
-    let after_markers = aligned(s, markers_at + 4 * starts.len());
-    // With kallsyms_seqs_of_names, the token table comes 3n bytes later.
-    let tokens = token_table(s, after_markers)
-        .or_else(|| token_table(s, aligned(s, after_markers.checked_add(3 * n)?)))?;
+    Some((spans, aligned(s, markers_at + 4 * starts.len())))
+}
 
-    let mut entries = Vec::with_capacity(n);
+/// The entries: each name's tokens expanded, its address from its offset.
+fn decode(
+    b: &[u8],
+    spans: Vec<std::ops::Range<usize>>,
+    offsets: &[i32],
+    tokens: &[&[u8]],
+    relative_base: u64,
+    absolute_percpu: bool,
+) -> Option<Vec<KallsymsEntry>> {
+    let mut entries = Vec::with_capacity(spans.len());
     let mut name = Vec::new();
-    for (span, &off) in spans.into_iter().zip(&offsets) {
+    for (span, &off) in spans.into_iter().zip(offsets) {
         name.clear();
         for &t in &b[span] {
             name.extend_from_slice(tokens[t as usize]);
@@ -210,6 +246,134 @@ fn try_at(s: &Section<'_>, base_at: usize) -> Option<Vec<KallsymsEntry>> {
         });
     }
     Some(entries)
+}
+
+/// Whether kallsyms offsets are sorted as their symbols are (by address):
+/// see [`try_at`] for the two encodings.
+fn offsets_sorted(offsets: &[i32], absolute_percpu: bool) -> bool {
+    if absolute_percpu {
+        let split = offsets.iter().position(|&o| o < 0).unwrap_or(offsets.len());
+        offsets[..split].windows(2).all(|w| w[0] <= w[1])
+            && offsets[split..]
+                .windows(2)
+                .all(|w| w[0] >= w[1] && w[1] < 0)
+    } else {
+        offsets.windows(2).all(|w| w[0] as u32 <= w[1] as u32)
+    }
+}
+
+/// The tables in the order of 6.11 and later, if `kallsyms_token_index`
+/// is at section offset `index_at`.
+fn try_index_at(
+    s: &Section<'_>,
+    index_at: usize,
+    kernel: &dyn Fn(u64) -> bool,
+) -> Option<Vec<KallsymsEntry>> {
+    let b = s.bytes;
+    // The index: 0, then 255 rising offsets, each token at least one
+    // character and its NUL long.
+    if u16_at(b, index_at)? != 0 {
+        return None;
+    }
+    let mut index = [0usize; 256];
+    for (i, slot) in index.iter_mut().enumerate().skip(1) {
+        let v = u16_at(b, index_at + 2 * i)? as usize;
+        let prev = u16_at(b, index_at + 2 * (i - 1))? as usize;
+        if v < prev + 2 {
+            return None;
+        }
+        *slot = v;
+    }
+    // The table ends with the last token and its NUL, then aligns to the
+    // index: try each start that fits.
+    let table_at = (0..ALIGN as usize).find_map(|pad| {
+        let end = index_at.checked_sub(pad)?;
+        let last = b.get(..end)?.iter().rev().skip(1).position(|&c| c == 0)?;
+        let at = end.checked_sub(last + 1 + index[255])?;
+        (aligned(s, end) == index_at && token_table(s, at).is_some()).then_some(at)
+    })?;
+    let tokens = token_table(s, table_at)?;
+    // The markers end at the table, maybe with 4 bytes of alignment
+    // between: rising u32s from 0, read backwards.
+    for pad in [0, 4] {
+        let k_end = table_at.checked_sub(pad)?;
+        if pad > 0 && u32_at(b, k_end)? != 0 {
+            continue;
+        }
+        let Some(markers_at) = markers_before(b, k_end) else {
+            continue;
+        };
+        let k = (k_end - markers_at) / 4;
+        let last = u32_at(b, k_end - 4)? as usize;
+        // k markers: n is in ((k-1)·256, k·256]; the names before them span
+        // at least `last` bytes and at most that plus 256 of the longest.
+        let (lo, hi) = ((k - 1) * 256 + 1, (k * 256).min(MAX_SYMBOLS as usize));
+        let newest = markers_at.checked_sub(last)?;
+        let oldest = newest.saturating_sub(256 * (2 + 0x3fff) + 2 * ALIGN as usize);
+        let mut count_at = (align_up(s.address + newest as u64, ALIGN) - s.address) as usize;
+        while count_at >= oldest + ALIGN as usize {
+            count_at -= ALIGN as usize;
+            let n = u32_at(b, count_at)? as usize;
+            if n < lo || n > hi {
+                continue;
+            }
+            let Some((spans, end)) = names_and_markers(s, aligned(s, count_at + 4), n) else {
+                continue;
+            };
+            if end != table_at {
+                continue;
+            }
+            if let Some(entries) = tables_after_index(s, index_at, spans, &tokens, kernel) {
+                return Some(entries);
+            }
+        }
+    }
+    None
+}
+
+/// Where rising u32 markers from 0 start, if they end at `end`.
+fn markers_before(b: &[u8], end: usize) -> Option<usize> {
+    let mut at = end.checked_sub(4)?;
+    loop {
+        let v = u32_at(b, at)?;
+        if v == 0 {
+            return Some(at);
+        }
+        let prev = u32_at(b, at.checked_sub(4)?)?;
+        if prev >= v {
+            return None;
+        }
+        at -= 4;
+    }
+}
+
+/// The offsets and base that follow the token index (6.11 and later), and
+/// the entries they give the names.
+fn tables_after_index(
+    s: &Section<'_>,
+    index_at: usize,
+    spans: Vec<std::ops::Range<usize>>,
+    tokens: &[&[u8]],
+    kernel: &dyn Fn(u64) -> bool,
+) -> Option<Vec<KallsymsEntry>> {
+    let b = s.bytes;
+    let n = spans.len();
+    let offsets_at = aligned(s, index_at + 2 * 256);
+    let offsets: Vec<i32> = b
+        .get(offsets_at..offsets_at.checked_add(4 * n)?)?
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let base_at = aligned(s, offsets_at + 4 * n);
+    let relative_base = u64_at(b, base_at)?;
+    if !kernel(relative_base) {
+        return None;
+    }
+    let absolute_percpu = offsets.iter().any(|&o| o < 0);
+    if !offsets_sorted(&offsets, absolute_percpu) {
+        return None;
+    }
+    decode(b, spans, &offsets, tokens, relative_base, absolute_percpu)
 }
 
 /// The 256 tokens, if a token table starts at `at` and its index follows.
@@ -313,6 +477,105 @@ mod tests {
         }
         out.extend_from_slice(&[0x55; 16]);
         (addr, out)
+    }
+
+    /// The same tables in the order of 6.11 and later: count, names,
+    /// markers, token table and index, offsets, base, seqs of names.
+    fn tables_611(syms: &[(u64, &str)], absolute: &[&str]) -> (u64, Vec<u8>) {
+        let addr = 0xffff_ffff_8200_0000u64;
+        let mut out = vec![0xaa_u8; 40];
+        let pad = |out: &mut Vec<u8>| {
+            while !(addr + out.len() as u64).is_multiple_of(8) {
+                out.push(0);
+            }
+        };
+        let token = |i: usize| -> Vec<u8> {
+            let c = i as u8;
+            if c.is_ascii_graphic() {
+                vec![c]
+            } else {
+                vec![b'A' + (i % 26) as u8, b'a' + (i / 26) as u8]
+            }
+        };
+        pad(&mut out);
+        out.extend_from_slice(&(syms.len() as u32).to_le_bytes());
+        pad(&mut out);
+        let names_at = out.len();
+        let mut markers = Vec::new();
+        for (i, (_, name)) in syms.iter().enumerate() {
+            if i % 256 == 0 {
+                markers.push((out.len() - names_at) as u32);
+            }
+            let len = name.len();
+            if len <= 0x7f {
+                out.push(len as u8);
+            } else {
+                out.push((len as u8 & 0x7f) | 0x80);
+                out.push((len >> 7) as u8);
+            }
+            out.extend_from_slice(name.as_bytes());
+        }
+        pad(&mut out);
+        for m in markers {
+            out.extend_from_slice(&m.to_le_bytes());
+        }
+        pad(&mut out);
+        let mut index = Vec::new();
+        let table_at = out.len();
+        for i in 0..256 {
+            index.push((out.len() - table_at) as u16);
+            out.extend(token(i));
+            out.push(0);
+        }
+        pad(&mut out);
+        for i in index {
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        pad(&mut out);
+        for (a, name) in syms {
+            let off: i32 = if absolute.contains(name) {
+                *a as i32
+            } else {
+                (BASE as i64 - *a as i64 - 1) as i32
+            };
+            out.extend_from_slice(&off.to_le_bytes());
+        }
+        pad(&mut out);
+        out.extend_from_slice(&BASE.to_le_bytes());
+        pad(&mut out);
+        out.extend(std::iter::repeat_n(7u8, 3 * syms.len()));
+        out.extend_from_slice(&[0x55; 16]);
+        (addr, out)
+    }
+
+    #[test]
+    fn reads_tables_in_the_order_of_6_11() {
+        let owned = syms();
+        let s: Vec<(u64, &str)> = owned.iter().map(|(a, n)| (*a, n.as_str())).collect();
+        let (addr, bytes) = tables_611(&s, &["Afixed_percpu_data"]);
+        let text = vec![0xcc_u8; 0x100100];
+        let find = |bytes: &[u8]| {
+            read_tables(&[
+                Section {
+                    address: BASE,
+                    bytes: &text,
+                },
+                Section {
+                    address: addr,
+                    bytes,
+                },
+            ])
+        };
+        let e = find(&bytes).unwrap();
+        assert_eq!(e.len(), owned.len());
+        for (got, (a, n)) in e.iter().zip(&owned) {
+            assert_eq!(got.address, *a, "{n}");
+            assert_eq!(got.name, n[1..]);
+        }
+        // Cut anywhere before the base: never a panic, never "found".
+        for cut in (0..bytes.len() - 16 - 3 * owned.len()).step_by(97) {
+            assert!(find(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     fn syms() -> Vec<(u64, String)> {

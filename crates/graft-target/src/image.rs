@@ -45,10 +45,14 @@ pub struct KernelImage {
     ranges: Vec<Range>,
     /// Link address of `_text` (start of `.text`).
     pub text_start: u64,
+    /// Where `.ibt_endbr_seal` is: its address and its bytes in `elf`.
+    seal: Option<(u64, std::ops::Range<usize>)>,
 }
 
 const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
 const GZIP_MAGIC: &[u8] = b"\x1f\x8b\x08";
+/// Debian's 6.12 images are zstd-compressed (`CONFIG_KERNEL_ZSTD`).
+const ZSTD_MAGIC: &[u8] = b"\x28\xb5\x2f\xfd";
 
 impl KernelImage {
     pub fn read(path: &Path) -> Result<KernelImage, ImageError> {
@@ -80,6 +84,7 @@ impl KernelImage {
         let file = Executable::parse(&elf, path).map_err(|e| bad(e.to_string()))?;
         let mut ranges = Vec::new();
         let mut text_start = None;
+        let mut seal = None;
         for s in &file.sections {
             let Some((off, size)) = s.file_range.filter(|_| s.address != 0) else {
                 continue;
@@ -87,6 +92,9 @@ impl KernelImage {
             let (off, size) = (off as usize, size as usize);
             if s.name == ".text" {
                 text_start = Some(s.address);
+            }
+            if s.name == ".ibt_endbr_seal" {
+                seal = Some((s.address, off..off + size));
             }
             ranges.push(Range {
                 addr: s.address,
@@ -106,6 +114,7 @@ impl KernelImage {
             elf,
             ranges,
             text_start,
+            seal,
         })
     }
 
@@ -155,6 +164,24 @@ impl KernelImage {
         })
     }
 
+    /// Where the ENDBRs the kernel seals at boot are: `.ibt_endbr_seal`
+    /// (objtool's list, at the kernel's link, of the ENDBR of every function
+    /// vmlinux never takes the address of), whose entries `apply_seal_endbr`
+    /// poisons on every machine, IBT-capable or not: an indirect call there
+    /// faults on a CPU that enforces IBT. Empty for a kernel without IBT.
+    pub fn sealed_endbr(&self) -> std::collections::BTreeSet<u64> {
+        let mut out = std::collections::BTreeSet::new();
+        let Some((address, bytes)) = &self.seal else {
+            return out;
+        };
+        for (i, c) in self.elf[bytes.clone()].chunks_exact(4).enumerate() {
+            let rel = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let at = address + 4 * i as u64;
+            out.insert(at.wrapping_add(rel as i64 as u64));
+        }
+        out
+    }
+
     /// `len` bytes at link address `addr`, if the image holds them all.
     pub fn bytes(&self, addr: u64, len: usize) -> Option<&[u8]> {
         let r = self
@@ -193,6 +220,15 @@ fn find_payload(data: &[u8]) -> Option<Vec<u8>> {
     for at in candidates(XZ_MAGIC) {
         let mut out = Vec::new();
         let mut dec = liblzma::read::XzDecoder::new(&data[at..]);
+        if dec.read_to_end(&mut out).is_ok() && out.starts_with(b"\x7fELF") {
+            return Some(out);
+        }
+    }
+    for at in candidates(ZSTD_MAGIC) {
+        let mut out = Vec::new();
+        let Ok(mut dec) = ruzstd::decoding::StreamingDecoder::new(&data[at..]) else {
+            continue;
+        };
         if dec.read_to_end(&mut out).is_ok() && out.starts_with(b"\x7fELF") {
             return Some(out);
         }

@@ -17,13 +17,18 @@
 //!   whatever the displacement or encoding;
 //! - everything else is exact: same encoding, same bytes outside relocated
 //!   fields, and every relocated field of the target's copy reaches the symbol
-//!   ours names.
+//!   ours names;
+//! - a static branch's `jmp` that objtool turns into a NOP at the kernel's
+//!   link (6.12, where objtool runs on vmlinux, not on each object: its
+//!   `__jump_table` entry's key carries bit 1) is equal to a NOP in the
+//!   target.
 
 use graft_elf::x86::{is_string_section, reloc_width, string_at};
 use graft_elf::{Object, Reloc, RelocTarget, Section};
 use graft_target::SymbolTable;
 use iced_x86::{
-    ConstantOffsets, Decoder, DecoderOptions, Formatter, GasFormatter, Instruction, OpKind,
+    ConstantOffsets, Decoder, DecoderOptions, Formatter, GasFormatter, Instruction, Mnemonic,
+    OpKind,
 };
 
 const R_X86_64_64: u32 = 1;
@@ -41,6 +46,9 @@ pub(crate) struct Ours<'a> {
     /// Section offset of the function.
     pub start: u64,
     pub code: &'a [u8],
+    /// Section offsets of our static branch `jmp`s that objtool NOPs at the
+    /// link (`arch_static_branch` with `CONFIG_HAVE_JUMP_LABEL_HACK`).
+    nop_sites: Vec<u64>,
 }
 
 impl<'a> Ours<'a> {
@@ -58,12 +66,41 @@ impl<'a> Ours<'a> {
             name: &sym.name,
             start: sym.value,
             code,
+            nop_sites: nop_sites(obj, section.id),
         })
     }
 
     fn relocs_in(&self, insn: &Instruction) -> &'a [Reloc] {
         self.section.relocs_in(insn.ip(), insn.next_ip())
     }
+}
+
+/// The sites in section `sec` of `obj` whose `__jump_table` entry asks
+/// objtool to NOP them: `struct jump_entry` is `s32 code, s32 target, long
+/// key`, and the key's relocation carries `2 | branch` in its addend
+/// (arch/x86/include/asm/jump_label.h).
+fn nop_sites(obj: &Object, sec: graft_elf::SectionId) -> Vec<u64> {
+    const ENTRY: u64 = 16;
+    let mut out = Vec::new();
+    for t in obj.sections.iter().filter(|s| s.name == "__jump_table") {
+        for code in t.relocs.iter().filter(|r| r.offset % ENTRY == 0) {
+            let key = t.relocs_in(code.offset + 8, code.offset + 9);
+            if key.first().is_none_or(|k| k.addend & 2 == 0) {
+                continue;
+            }
+            if let RelocTarget::SectionOffset(s, off) = obj.reloc_target(code) {
+                if s == sec && off >= 0 {
+                    out.push(off as u64);
+                }
+            } else if let RelocTarget::Symbol(id) = obj.reloc_target(code) {
+                let sym = obj.symbol(id);
+                if sym.section == Some(sec) {
+                    out.push((sym.value as i64).wrapping_add(code.addend) as u64);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// How the target's copy names what its references reach.
@@ -186,6 +223,19 @@ pub(crate) fn walk(ours: &Ours<'_>, theirs: &Theirs<'_>) -> Result<Matched, Miss
             }));
         }
         w.pairs.push((at, to as u64));
+        if is_padding(&a) && is_padding(&b) && a.len() != b.len() && ours.relocs_in(&a).is_empty() {
+            // Alignment padding: the assembler sized it for where the code
+            // lies in its section, which differs between graft's object and
+            // the kernel's (gcc-14 aligns loops to 32 and more). Where two
+            // NOPs differ in length, the run of NOPs is equal to the run of
+            // NOPs, whatever their number and lengths; a branch into the
+            // middle of one is not paired, and refused as a local branch to
+            // another place. (NOPs of one length pair one to one, as any
+            // instruction: a NOP can be a branch target, a static branch.)
+            skip_padding(&mut od, ours.code.len(), &mut a);
+            skip_padding(&mut td, limit, &mut b);
+            continue;
+        }
         let ao = od.get_constant_offsets(&a);
         let bo = td.get_constant_offsets(&b);
         if let Err(m) = w.step(&a, &b, &ao, &bo) {
@@ -214,6 +264,24 @@ struct Walker<'w, 'a> {
     pairs: Vec<(u64, u64)>,
     locals: Vec<Local>,
     seen: Vec<(String, u64)>,
+}
+
+/// A NOP (`nop`, `nopl`, `nopw`, `xchg %ax,%ax`): alignment padding.
+fn is_padding(i: &Instruction) -> bool {
+    i.mnemonic() == Mnemonic::Nop
+}
+
+/// Moves `d` past the NOPs that follow (not beyond `limit`).
+fn skip_padding(d: &mut Decoder<'_>, limit: usize, scratch: &mut Instruction) {
+    while d.can_decode() {
+        let (pos, ip) = (d.position(), d.ip());
+        d.decode_out(scratch);
+        if !is_padding(scratch) || d.position() > limit {
+            d.set_position(pos).expect("a position we were at");
+            d.set_ip(ip);
+            return;
+        }
+    }
 }
 
 /// A direct `call`, `jmp` or `jcc` (or `loop`, `jrcxz`): one near-branch operand.
@@ -272,6 +340,15 @@ impl<'a> Walker<'_, 'a> {
         let at = a.ip() - self.ours.start;
         let ar = self.ours.relocs_in(a);
         let br = self.their_relocs(b);
+        if a.mnemonic() == Mnemonic::Jmp
+            && b.mnemonic() == Mnemonic::Nop
+            && br.is_empty()
+            && self.ours.nop_sites.contains(&a.ip())
+        {
+            // objtool made the kernel's copy a NOP of the jump's length; the
+            // branch target is code of the function, walked all the same.
+            return Ok(());
+        }
         if is_branch(a) {
             if !is_branch(b) || a.mnemonic() != b.mnemonic() {
                 return Err(self.differ(a, b));

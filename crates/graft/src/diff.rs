@@ -34,6 +34,7 @@ pub fn run(a: Args, json: bool) -> Result<()> {
     let mut orig = Object::read(&a.orig)?;
     let mut patched = Object::read(&a.patched)?;
     for o in [&mut orig, &mut patched] {
+        graft_diff::prefix::demote(o);
         graft_diff::split::split_shared_sections(o).map_err(|e| {
             anyhow::anyhow!(
                 "cannot cut {} into one section per function: {}",

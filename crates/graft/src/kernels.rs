@@ -10,14 +10,16 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use graft_debian::{kernel, Apt, Availability, Event, KernelCache, KernelDir, Parts, Release};
+use graft_debian::{
+    kernel, Apt, Archive, Availability, Event, KernelCache, KernelDir, Parts, Release,
+};
 
 use crate::build::{self, Args};
 use graft_build::{Overrides, TargetPaths};
 
 #[derive(clap::Args)]
 pub struct KernelsArgs {
-    /// The kernel series [default: the one of Debian's current kernel, from `linux-image-amd64`].
+    /// The kernel series [default: the current kernel's of this system's apt (`linux-image-amd64`), and 6.12's of bookworm-backports and trixie].
     #[arg(long)]
     series: Option<String>,
     /// The kernel flavour.
@@ -138,18 +140,27 @@ impl FetchUi {
 /// Fetches `release` completely into graft's cache (image, headers,
 /// prepared source) and describes it as a build target.
 fn fetch_kernel(
-    apt: &Apt,
+    archive: &Archive,
     cache: &KernelCache,
     release: &Release,
     quiet: bool,
 ) -> Result<(PathBuf, TargetPaths)> {
-    let k = kernel::packages(apt, release, None)?;
+    let (apt, k) = archive.packages(release, None)?;
     let dir = cache.dir(&release.name, &k.debian_version);
     let mut ui = FetchUi::new(&release.name, quiet);
-    let r = dir.fetch(apt, &k, &Parts::all(), &mut |e| ui.event(e));
+    let parts = Parts {
+        buildroots: Some(buildroots(cache)),
+        ..Parts::all()
+    };
+    let r = dir.fetch(apt, &k, &parts, &mut |e| ui.event(e));
     ui.finish();
     r?;
     target_of(&dir)
+}
+
+/// Where graft keeps Debian build roots: beside the kernels of its cache.
+fn buildroots(cache: &KernelCache) -> PathBuf {
+    cache.root.with_file_name("buildroots")
 }
 
 fn target_of(dir: &KernelDir) -> Result<(PathBuf, TargetPaths)> {
@@ -208,8 +219,8 @@ pub fn single_target(a: &Args, json: bool) -> Result<(PathBuf, TargetPaths)> {
                 target.release
             )
         })?;
-    let apt = Apt::new();
-    let k = kernel::packages(&apt, &release, Some(&version))?;
+    let archive = Archive::new(&build::cache_dir(a));
+    let (apt, k) = archive.packages(&release, Some(&version))?;
     let cache = KernelCache::new(&build::cache_dir(a));
     let dir = cache.dir(&release.name, &version);
     // The source, and the headers when the target's are not at hand (their
@@ -221,9 +232,10 @@ pub fn single_target(a: &Args, json: bool) -> Result<(PathBuf, TargetPaths)> {
         source: true,
         config: Some(target.config.clone()),
         build_config: Some(build_config),
+        buildroots: Some(buildroots(&cache)),
     };
     let mut ui = FetchUi::new(&release.name, json);
-    let r = dir.fetch(&apt, &k, &parts, &mut |e| ui.event(e));
+    let r = dir.fetch(apt, &k, &parts, &mut |e| ui.event(e));
     ui.finish();
     r?;
     let (tree, _) = dir
@@ -277,9 +289,9 @@ struct KernelOutcome {
 /// `<output>/<release>/`; a kernel that fails is reported with its reason
 /// and the others are built. Exit code: see [`crate::exit`].
 pub fn build_each(a: &Args, json: bool) -> Result<()> {
-    let apt = Apt::new();
+    let archive = Archive::new(&build::cache_dir(a));
     let cache = KernelCache::new(&build::cache_dir(a));
-    let kernels = releases(&apt, &a.kernel)?;
+    let kernels = releases(archive.system(), &a.kernel)?;
     if kernels.is_empty() {
         bail!("apt serves no kernel to build for; hint: `graft kernels` lists them");
     }
@@ -290,7 +302,7 @@ pub fn build_each(a: &Args, json: bool) -> Result<()> {
             eprintln!("graft: == {} ==", r.name);
         }
         let out_dir = a.output.join(&r.name);
-        let result = fetch_kernel(&apt, &cache, r, json)
+        let result = fetch_kernel(&archive, &cache, r, json)
             .and_then(|(tree, target)| build::build(a, &tree, &target, &out_dir, json));
         match result {
             Ok(summary) => {
@@ -375,24 +387,30 @@ struct Listed {
 /// `graft kernels`: the kernels apt serves (and whether their files can be
 /// downloaded), and those in graft's cache.
 pub fn list(a: KernelsArgs, json: bool) -> Result<()> {
-    let apt = Apt::new();
     let cache_root = a.cache_dir.clone().unwrap_or_else(|| {
         // The same default as `graft build`.
         graft_build::default_cache()
     });
+    let archive = Archive::new(&cache_root);
     let cache = KernelCache::new(&cache_root);
     let series = match a.series {
-        Some(s) => s,
-        None => kernel::current_release(&apt)?.series,
+        Some(s) => vec![s],
+        None => archive.series()?,
     };
     let mut rows: Vec<Listed> = Vec::new();
-    for k in kernel::served(&apt, &series, &a.flavour)? {
+    for (apt, k) in series
+        .iter()
+        .map(|s| archive.served(s, &a.flavour))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+    {
         let availability = if a.no_check {
             None
         } else {
             Some(
-                match kernel::packages(&apt, &k.release, Some(&k.debian_version)) {
-                    Ok(p) => kernel::availability(&apt, &p)?,
+                match kernel::packages(apt, &k.release, Some(&k.debian_version)) {
+                    Ok(p) => kernel::availability(apt, &p)?,
                     Err(e) => Availability::Missing {
                         url: String::new(),
                         status: e.to_string(),
@@ -436,7 +454,7 @@ pub fn list(a: KernelsArgs, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:<22} {:<12} {:<34} cached", "release", "debian", "served");
+    println!("{:<22} {:<18} {:<34} cached", "release", "debian", "served");
     for r in &rows {
         let served = match (&r.served, &r.availability) {
             (false, _) => "no".to_string(),
@@ -448,7 +466,7 @@ pub fn list(a: KernelsArgs, json: bool) -> Result<()> {
             (true, Some(Availability::Unchecked { why })) => format!("listed ({why})"),
         };
         println!(
-            "{:<22} {:<12} {:<34} {}",
+            "{:<22} {:<18} {:<34} {}",
             r.release,
             r.debian_version,
             served,

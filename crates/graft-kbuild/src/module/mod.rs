@@ -9,7 +9,6 @@ pub use commands::{Linked, Linker};
 pub use modpost::Export;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::{io, KbuildError};
 
@@ -46,7 +45,7 @@ pub fn build(headers: &Path, dir: &Path, src: &ModuleSources<'_>) -> Result<Path
     w(dir.join("Kbuild"), kbuild.as_bytes())?;
     let log = dir.join("make.log");
     let (ok, text) = crate::run_logged(
-        Command::new("make")
+        crate::buildroot::command_in(headers, "make", &[dir], None)
             .arg("-C")
             .arg(headers)
             .arg(format!("M={}", dir.display()))
