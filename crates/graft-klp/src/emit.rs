@@ -109,7 +109,11 @@ impl Emitter<'_, '_> {
                 s.value,
                 if at_link { 0 } else { s.size },
                 Binding::Global,
-                if at_link { SymKind::NoType } else { SymKind::Func },
+                if at_link {
+                    SymKind::NoType
+                } else {
+                    SymKind::Func
+                },
                 0,
             );
         }

@@ -23,8 +23,18 @@ fn cache_root() -> PathBuf {
 
 /// Builds `patch` keeping the work directory; returns the module, the
 /// work directory and the JSON summary.
-fn build(lab: &graft_lab::Lab, patch: &str, name: &str, out: &Path) -> (PathBuf, serde_json::Value) {
-    let mut args = build_args(lab, &repo_file(&format!("tests/patches/{patch}")), name, out);
+fn build(
+    lab: &graft_lab::Lab,
+    patch: &str,
+    name: &str,
+    out: &Path,
+) -> (PathBuf, serde_json::Value) {
+    let mut args = build_args(
+        lab,
+        &repo_file(&format!("tests/patches/{patch}")),
+        name,
+        out,
+    );
     args.insert(0, "--json".into());
     args.extend(["--keep-work".into(), out.join("work").into()]);
     let o = graft(&args);
@@ -65,8 +75,10 @@ fn kernel_view(o: &Object) -> Vec<String> {
             sym.name,
             sym.kind,
             sym.binding,
-            sym.section
-                .map_or_else(|| format!("shndx {:#x}", sym.shndx), |id| o.section(id).name.clone()),
+            sym.section.map_or_else(
+                || format!("shndx {:#x}", sym.shndx),
+                |id| o.section(id).name.clone()
+            ),
             sym.value,
             sym.size,
             sym.other
@@ -87,7 +99,11 @@ fn graft_links_what_kbuild_links(lab: &graft_lab::Lab, work: &Path, name: &str) 
         .map(|f| (f.clone(), std::fs::read(module.join(&f)).unwrap()))
         .collect();
     objects.sort();
-    assert!(!objects.is_empty(), "no patch objects in {}", module.display());
+    assert!(
+        !objects.is_empty(),
+        "no patch objects in {}",
+        module.display()
+    );
     let src = ModuleSources {
         name,
         stub_c: &stub_c,

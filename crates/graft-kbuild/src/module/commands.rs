@@ -19,7 +19,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
@@ -211,12 +210,17 @@ impl Linker {
                         .replace(MODNAME, &modname)
                 })
                 .collect();
-            let out = Command::new(&words[0])
-                .args(&words[1..])
-                .current_dir(&self.headers)
-                .env_remove("MAKEFLAGS")
-                .output()
-                .map_err(io(format!("cannot run {}", words[0])))?;
+            // Headers prepared in another Debian's root link there too.
+            let out = crate::buildroot::command_in(
+                &self.headers,
+                &words[0],
+                &[Path::new(dir.as_ref())],
+                Some(&self.headers),
+            )
+            .args(&words[1..])
+            .env_remove("MAKEFLAGS")
+            .output()
+            .map_err(io(format!("cannot run {}", words[0])))?;
             let text = format!(
                 "$ {}\n{}{}",
                 words.join(" "),
