@@ -1,8 +1,13 @@
-//! Wall time of `graft build` for the cmdline patch, cold (empty graft
-//! cache: the private tree copy is made from scratch) and warm (second run),
-//! next to its floor measured in the same run: the two kbuild compiles of
-//! `fs/proc/cmdline.o` (original and patched) plus one livepatch module build
-//! against the headers, with no graft in between.
+//! Wall time of `graft build` for one-line fixes to `fs/proc/version.c`,
+//! next to its floor measured in the same run on the same machine: one
+//! kbuild compile of `fs/proc/version.o` (with graft's flags, in graft's
+//! copy of the tree) plus the kbuild build of a trivial livepatch module
+//! against the headers: what any tool must at least do for the fix.
+//!
+//! Figures: cold (empty graft cache: tree copy, originals, layout probe and
+//! module-link commands all made), warm (the same fix again), and warm on a
+//! second fix to the same file (the kept original object is reused, so one
+//! compile). Limits from issue 15: cold ≤ 20 s, second fix ≤ 1.2× floor.
 //!
 //! Run with `./run bench` (or `cargo bench -p graft --bench build`).
 
@@ -14,15 +19,20 @@ use graft_lab::Lab;
 
 fn main() {
     let lab = Lab::open(&Lab::default_root()).expect("lab set up (./run bench does it)");
-    let patch = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/patches/cmdline.patch");
+    let patches = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/patches");
+    let (first, second) = (
+        patches.join("version.patch"),
+        patches.join("version-2.patch"),
+    );
     let scratch = tempfile::tempdir().unwrap();
     let cache = scratch.path().join("cache");
     let out = scratch.path().join("out");
 
-    let cold = time_graft(&lab, &patch, &cache, &out);
-    let warm = time_graft(&lab, &patch, &cache, &out);
-    let warm2 = time_graft(&lab, &patch, &cache, &out);
-    let warm = warm.min(warm2);
+    let cold = time_graft(&lab, &first, &cache, &out);
+    let warm = best_of(3, || time_graft(&lab, &first, &cache, &out));
+    // Each build of the second fix is its first patched compile: graft
+    // keeps original objects, never patched ones.
+    let second_fix = best_of(3, || time_graft(&lab, &second, &cache, &out));
 
     // The floor, in graft's own copy of the tree (never in the lab's tree).
     let mirror = std::fs::read_dir(cache.join("build"))
@@ -30,16 +40,15 @@ fn main() {
         .map(|e| e.unwrap().path().join("tree"))
         .find(|p| p.join("Makefile").is_file())
         .expect("graft's tree copy");
-    let compile = || {
-        let _ = std::fs::remove_file(mirror.join("fs/proc/cmdline.o"));
+    let compile = best_of(3, || {
+        let _ = std::fs::remove_file(mirror.join("fs/proc/version.o"));
         let t = Instant::now();
         let st = Command::new("make")
             .arg("-C")
             .arg(&mirror)
-            .arg("-j2")
-            .arg("KCFLAGS=-ffunction-sections -fdata-sections")
-            .args(make_vars(&lab))
-            .arg("fs/proc/cmdline.o")
+            .arg(format!("KCFLAGS={}", graft_kbuild::compile::KCFLAGS))
+            .args(&lab.source.make_vars)
+            .arg("fs/proc/version.o")
             .output()
             .unwrap();
         assert!(
@@ -48,32 +57,44 @@ fn main() {
             String::from_utf8_lossy(&st.stderr)
         );
         t.elapsed()
-    };
-    let compiles = compile() + compile();
-    let module = time_module_build(&lab, scratch.path());
-    let floor = compiles + module;
+    });
+    let module = best_of(3, || time_module_build(&lab, scratch.path()));
+    let floor = compile + module;
 
     println!(
-        "graft build, fs/proc/cmdline.c one-line fix, Debian {} ({})",
-        lab.release, lab.debian_version
+        "graft build, fs/proc/version.c one-line fixes, Debian {} ({}), {} cores",
+        lab.release,
+        lab.debian_version,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "  floor (2 kbuild compiles {:.2}s + module build {:.2}s): {:.2}s",
-        secs(compiles),
+        "  floor (1 kbuild compile {:.2}s + module build {:.2}s): {:.2}s",
+        secs(compile),
         secs(module),
         secs(floor)
     );
     println!(
-        "  cold (empty cache, tree copy made): {:.2}s   limit 60s: {}",
+        "  cold (empty cache): {:.2}s = {:.2}x floor   limit 20s: {}",
         secs(cold),
-        verdict(cold <= Duration::from_secs(60))
+        secs(cold) / secs(floor),
+        verdict(cold <= Duration::from_secs(20))
     );
     println!(
-        "  warm (best of 2): {:.2}s = {:.2}x floor   limit 2x: {}",
+        "  warm (same fix again, best of 3): {:.2}s = {:.2}x floor",
         secs(warm),
-        secs(warm) / secs(floor),
-        verdict(warm <= floor * 2)
+        secs(warm) / secs(floor)
     );
+    println!(
+        "  warm, second fix to the same file (best of 3): {:.2}s = {:.2}x floor   limit 1.2x: {}",
+        secs(second_fix),
+        secs(second_fix) / secs(floor),
+        verdict(second_fix.as_secs_f64() <= 1.2 * floor.as_secs_f64())
+    );
+}
+
+/// The shortest of `n` timings: the least disturbed by the machine.
+fn best_of(n: usize, mut f: impl FnMut() -> Duration) -> Duration {
+    (0..n).map(|_| f()).min().expect("n > 0")
 }
 
 fn secs(d: Duration) -> f64 {
@@ -88,16 +109,12 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-fn make_vars(lab: &Lab) -> Vec<String> {
-    lab.source.make_vars.clone()
-}
-
 fn time_graft(lab: &Lab, patch: &Path, cache: &Path, out: &Path) -> Duration {
     let t = Instant::now();
     let o = Command::new(env!("CARGO_BIN_EXE_graft"))
         .arg("build")
         .arg(patch)
-        .args(["--name", "cmdline"])
+        .args(["--name", "version"])
         .args(lab.graft_target_args())
         .arg("--output")
         .arg(out)
@@ -119,7 +136,7 @@ fn time_module_build(lab: &Lab, scratch: &Path) -> Duration {
 #include <linux/livepatch.h>
 #include <linux/seq_file.h>
 static int new_show(struct seq_file *m, void *v) { seq_puts(m, "floor\n"); return 0; }
-static struct klp_func funcs[] = { { .old_name = "cmdline_proc_show", .new_func = new_show }, { } };
+static struct klp_func funcs[] = { { .old_name = "version_proc_show", .new_func = new_show }, { } };
 static struct klp_object objs[] = { { .funcs = funcs }, { } };
 static struct klp_patch patch = { .mod = THIS_MODULE, .objs = objs };
 static int __init floor_init(void) { return klp_enable_patch(&patch); }

@@ -456,8 +456,7 @@ fn key(headers: &Path, programs: &[String]) -> String {
 }
 
 fn has_section(elf: &[u8], name: &str) -> bool {
-    use object::{Object, ObjectSection};
-    object::File::parse(elf)
-        .map(|f| f.sections().any(|s| s.name() == Ok(name)))
+    graft_elf::Object::parse(elf, Path::new("module.ko"))
+        .map(|o| o.section_by_name(name).is_some())
         .unwrap_or(false)
 }

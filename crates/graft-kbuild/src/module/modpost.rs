@@ -5,8 +5,12 @@
 //! that the module graft links is the one kbuild links; graft checks that
 //! on each kernel's headers before using it ([`super::commands`]).
 
-use object::read::elf::{ElfFile64, Sym};
-use object::{Endianness, Object, ObjectSection};
+use std::path::Path;
+
+use graft_elf::{Binding, Object, SymKind};
+
+/// `st_shndx` of a common symbol (modpost warns about it, writes nothing).
+const SHN_COMMON: u16 = 0xfff2;
 
 /// One export of the kernel or of a module (`Module.symvers`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,51 +59,42 @@ pub fn write(
     exports: &dyn Fn(&str) -> Option<Export>,
     opts: Options,
 ) -> Result<ModC, String> {
-    let elf = ElfFile64::<Endianness>::parse(object)
+    let elf = Object::parse(object, Path::new(&format!("{name}.o")))
         .map_err(|e| format!("{name}.o is not an ELF object: {e}"))?;
-    let endian = elf.endian();
-    let symtab = elf.elf_symbol_table();
-    let strings = symtab.strings();
     let mut unresolved = Vec::new();
     let (mut has_init, mut has_cleanup) = (false, false);
-    for sym in symtab.symbols().iter().skip(1) {
-        let raw = sym
-            .name(endian, strings)
-            .map_err(|e| format!("{name}.o: bad symbol name: {e}"))?;
-        let symname = remove_dot(&String::from_utf8_lossy(raw)).to_owned();
-        let shndx = sym.st_shndx(endian);
-        match shndx {
-            object::elf::SHN_COMMON => {} // modpost warns, writes nothing
-            object::elf::SHN_UNDEF => {
-                let bind = sym.st_bind();
-                if bind != object::elf::STB_GLOBAL && bind != object::elf::STB_WEAK {
-                    continue;
-                }
-                if symname == "__this_module" || symname == "_GLOBAL_OFFSET_TABLE_" {
-                    continue;
-                }
-                unresolved.push(Unresolved { name: symname });
-            }
-            _ => {
-                if let Some(export) = symname.strip_prefix("__ksymtab_") {
-                    return Ok(ModC::Unsupported(format!("the module exports {export}")));
-                }
-                if symname.starts_with("__mod_")
-                    && symname.ends_with("_device_table")
-                    && sym.st_type() == object::elf::STT_OBJECT
-                {
-                    return Ok(ModC::Unsupported(format!(
-                        "the module has a device table ({symname})"
-                    )));
-                }
-                has_init |= symname == "init_module";
-                has_cleanup |= symname == "cleanup_module";
-            }
+    for sym in elf.symbols.iter().skip(1) {
+        let symname = remove_dot(&sym.name).to_owned();
+        if sym.shndx == SHN_COMMON {
+            continue;
         }
+        if sym.shndx == 0 {
+            if !matches!(sym.binding, Binding::Global | Binding::Weak) {
+                continue;
+            }
+            if symname == "__this_module" || symname == "_GLOBAL_OFFSET_TABLE_" {
+                continue;
+            }
+            unresolved.push(Unresolved { name: symname });
+            continue;
+        }
+        if let Some(export) = symname.strip_prefix("__ksymtab_") {
+            return Ok(ModC::Unsupported(format!("the module exports {export}")));
+        }
+        if symname.starts_with("__mod_")
+            && symname.ends_with("_device_table")
+            && sym.kind == SymKind::Object
+        {
+            return Ok(ModC::Unsupported(format!(
+                "the module has a device table ({symname})"
+            )));
+        }
+        has_init |= symname == "init_module";
+        has_cleanup |= symname == "cleanup_module";
     }
-    let modinfo = elf
+    let modinfo: &[u8] = elf
         .section_by_name(".modinfo")
-        .and_then(|s| s.data().ok())
+        .map(|s| s.data.as_slice())
         .unwrap_or_default();
     let info = |tag: &str| -> Vec<String> {
         modinfo
@@ -262,55 +257,41 @@ fn gpl_compatible(l: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object::write::{Object as WObject, Symbol, SymbolSection};
-    use object::{Architecture, BinaryFormat, SectionKind, SymbolFlags, SymbolKind, SymbolScope};
+    use graft_elf::write::{Contents, SectionSpec, Writer};
 
     /// A relocatable object with `defined` functions, `undefined` symbols
     /// (weak when their name ends in `?`) and `.modinfo` strings.
     fn object(defined: &[&str], undefined: &[&str], modinfo: &[&str]) -> Vec<u8> {
-        let mut o = WObject::new(
-            BinaryFormat::Elf,
-            Architecture::X86_64,
-            object::Endianness::Little,
+        let mut w = Writer::new();
+        let text = w.add_section(
+            &SectionSpec::progbits(".text", 0x6, 16),
+            Contents::Bytes(vec![0xc3; 16]),
         );
-        let text = o.add_section(vec![], b".text".to_vec(), SectionKind::Text);
-        o.append_section_data(text, &[0xc3; 16], 16);
-        for (i, d) in defined.iter().enumerate() {
-            o.add_symbol(Symbol {
-                name: d.as_bytes().to_vec(),
-                value: i as u64,
-                size: 1,
-                kind: SymbolKind::Text,
-                scope: SymbolScope::Linkage,
-                weak: false,
-                section: SymbolSection::Section(text),
-                flags: SymbolFlags::None,
-            });
-        }
-        for u in undefined {
-            let (n, weak) = match u.strip_suffix('?') {
-                Some(n) => (n, true),
-                None => (*u, false),
-            };
-            o.add_symbol(Symbol {
-                name: n.as_bytes().to_vec(),
-                value: 0,
-                size: 0,
-                kind: SymbolKind::Unknown,
-                scope: SymbolScope::Linkage,
-                weak,
-                section: SymbolSection::Undefined,
-                flags: SymbolFlags::None,
-            });
-        }
-        let mi = o.add_section(vec![], b".modinfo".to_vec(), SectionKind::ReadOnlyString);
         let mut bytes = Vec::new();
         for m in modinfo {
             bytes.extend_from_slice(m.as_bytes());
             bytes.push(0);
         }
-        o.append_section_data(mi, &bytes, 1);
-        o.write().unwrap()
+        w.add_section(
+            &SectionSpec::progbits(".modinfo", 0x2, 1),
+            Contents::Bytes(bytes),
+        );
+        for (i, d) in defined.iter().enumerate() {
+            let kind = if d.ends_with("_device_table") {
+                SymKind::Object
+            } else {
+                SymKind::Func
+            };
+            w.add_symbol(d, Some(text), i as u64, 1, Binding::Global, kind, 0);
+        }
+        for u in undefined {
+            let (n, binding) = match u.strip_suffix('?') {
+                Some(n) => (n, Binding::Weak),
+                None => (*u, Binding::Global),
+            };
+            w.add_symbol(n, None, 0, 0, binding, SymKind::NoType, 0);
+        }
+        w.write().unwrap()
     }
 
     fn exports(name: &str) -> Option<Export> {
