@@ -44,10 +44,15 @@ pub enum ModC {
 /// modpost's limit on module and symbol names (`MODULE_NAME_LEN`, x86-64).
 const MODULE_NAME_LEN: usize = 64 - 8;
 
-/// A symbol the module uses and does not define (weak ones too: modpost
-/// only spares them its warning).
-struct Unresolved {
-    name: String,
+/// What modpost reads of the module's linked object.
+struct Scan {
+    /// Symbols the module uses and does not define, in symbol-table order
+    /// (weak ones too: modpost only spares them its warning).
+    unresolved: Vec<String>,
+    has_init: bool,
+    has_cleanup: bool,
+    licenses: Vec<String>,
+    imported: Vec<String>,
 }
 
 /// Writes the `.mod.c` of module `name` whose parts are linked in
@@ -59,6 +64,25 @@ pub fn write(
     exports: &dyn Fn(&str) -> Option<Export>,
     opts: Options,
 ) -> Result<ModC, String> {
+    let mut scan = match scan(name, object)? {
+        Ok(scan) => scan,
+        Err(why) => return Ok(ModC::Unsupported(why)),
+    };
+    if opts.modversions {
+        // modpost's "trick to get versioning for module struct etc.".
+        scan.unresolved.push("module_layout".into());
+    }
+    let base = name.rsplit('/').next().unwrap_or(name);
+    if base.len() >= MODULE_NAME_LEN {
+        return Err(format!("module name is too long [{name}.ko]"));
+    }
+    let resolved = check_exports(base, &scan, exports, opts)?;
+    render(name, &scan, &resolved, opts).map(ModC::Source)
+}
+
+/// The module's symbols and `.modinfo`; `Ok(Err(why))` when graft does not
+/// write this module's `.mod.c` the way modpost does.
+fn scan(name: &str, object: &[u8]) -> Result<Result<Scan, String>, String> {
     let elf = Object::parse(object, Path::new(&format!("{name}.o")))
         .map_err(|e| format!("{name}.o is not an ELF object: {e}"))?;
     let mut unresolved = Vec::new();
@@ -69,25 +93,22 @@ pub fn write(
             continue;
         }
         if sym.shndx == 0 {
-            if !matches!(sym.binding, Binding::Global | Binding::Weak) {
-                continue;
+            let skip = !matches!(sym.binding, Binding::Global | Binding::Weak)
+                || symname == "__this_module"
+                || symname == "_GLOBAL_OFFSET_TABLE_";
+            if !skip {
+                unresolved.push(symname);
             }
-            if symname == "__this_module" || symname == "_GLOBAL_OFFSET_TABLE_" {
-                continue;
-            }
-            unresolved.push(Unresolved { name: symname });
             continue;
         }
         if let Some(export) = symname.strip_prefix("__ksymtab_") {
-            return Ok(ModC::Unsupported(format!("the module exports {export}")));
+            return Ok(Err(format!("the module exports {export}")));
         }
         if symname.starts_with("__mod_")
             && symname.ends_with("_device_table")
             && sym.kind == SymKind::Object
         {
-            return Ok(ModC::Unsupported(format!(
-                "the module has a device table ({symname})"
-            )));
+            return Ok(Err(format!("the module has a device table ({symname})")));
         }
         has_init |= symname == "init_module";
         has_cleanup |= symname == "cleanup_module";
@@ -106,7 +127,7 @@ pub fn write(
             .collect()
     };
     if !info("version").is_empty() {
-        return Ok(ModC::Unsupported(
+        return Ok(Err(
             "the module has a version (modpost adds its srcversion)".into(),
         ));
     }
@@ -114,41 +135,53 @@ pub fn write(
     if licenses.is_empty() {
         return Err(format!("missing MODULE_LICENSE() in {name}.o"));
     }
-    let gpl = licenses.iter().all(|l| gpl_compatible(l));
-    let imported = info("import_ns");
-    if opts.modversions {
-        // modpost's "trick to get versioning for module struct etc.".
-        unresolved.push(Unresolved {
-            name: "module_layout".into(),
-        });
-    }
-    let base = name.rsplit('/').next().unwrap_or(name);
-    if base.len() >= MODULE_NAME_LEN {
-        return Err(format!("module name is too long [{name}.ko]"));
-    }
-    // check_exports: each unresolved symbol an export resolves.
-    let mut resolved: Vec<(&Unresolved, Export)> = Vec::new();
-    for s in &unresolved {
-        let Some(exp) = exports(&s.name) else {
+    Ok(Ok(Scan {
+        unresolved,
+        has_init,
+        has_cleanup,
+        licenses,
+        imported: info("import_ns"),
+    }))
+}
+
+/// modpost's `check_exports`: the exports that resolve the module's
+/// unresolved symbols, with the namespace and licence rules applied.
+fn check_exports<'s>(
+    base: &str,
+    scan: &'s Scan,
+    exports: &dyn Fn(&str) -> Option<Export>,
+    opts: Options,
+) -> Result<Vec<(&'s str, Export)>, String> {
+    let gpl = scan.licenses.iter().all(|l| gpl_compatible(l));
+    let mut resolved = Vec::new();
+    for s in &scan.unresolved {
+        let Some(exp) = exports(s) else {
             continue; // undefined: livepatch resolves it (klp relocations)
         };
         if let Some(ns) = &exp.namespace {
-            if !imported.contains(ns) && !opts.allow_missing_ns {
+            if !scan.imported.contains(ns) && !opts.allow_missing_ns {
                 return Err(format!(
-                    "module {base} uses symbol {} from namespace {ns}, but does not import it",
-                    s.name
+                    "module {base} uses symbol {s} from namespace {ns}, but does not import it"
                 ));
             }
         }
         if !gpl && exp.gpl_only {
             return Err(format!(
-                "GPL-incompatible module {base}.ko uses GPL-only symbol '{}'",
-                s.name
+                "GPL-incompatible module {base}.ko uses GPL-only symbol '{s}'"
             ));
         }
-        resolved.push((s, exp));
+        resolved.push((s.as_str(), exp));
     }
+    Ok(resolved)
+}
 
+/// The `.mod.c` text, as 6.1's `write_mod_c_file` writes it.
+fn render(
+    name: &str,
+    scan: &Scan,
+    resolved: &[(&str, Export)],
+    opts: Options,
+) -> Result<String, String> {
     let mut b = String::new();
     // add_header
     b.push_str("#include <linux/module.h>\n");
@@ -168,10 +201,10 @@ pub fn write(
     b.push_str("__visible struct module __this_module\n");
     b.push_str("__section(\".gnu.linkonce.this_module\") = {\n");
     b.push_str("\t.name = KBUILD_MODNAME,\n");
-    if has_init {
+    if scan.has_init {
         b.push_str("\t.init = init_module,\n");
     }
-    if has_cleanup {
+    if scan.has_cleanup {
         b.push_str("#ifdef CONFIG_MODULE_UNLOAD\n\t.exit = cleanup_module,\n#endif\n");
     }
     b.push_str("\t.arch = MODULE_ARCH_INIT,\n");
@@ -181,23 +214,21 @@ pub fn write(
     // add_exported_symbols: none (a module that exports is kbuild's).
     if opts.modversions {
         b.push('\n');
-    }
-    // add_versions
-    if opts.modversions {
+        // add_versions
         b.push('\n');
         b.push_str("static const struct modversion_info ____versions[]\n");
         b.push_str("__used __section(\"__versions\") = {\n");
-        for (s, exp) in &resolved {
-            if s.name.len() >= MODULE_NAME_LEN {
-                return Err(format!("too long symbol \"{}\" [{name}.ko]", s.name));
+        for (s, exp) in resolved {
+            if s.len() >= MODULE_NAME_LEN {
+                return Err(format!("too long symbol \"{s}\" [{name}.ko]"));
             }
-            b.push_str(&format!("\t{{ {}, \"{}\" }},\n", hex8(exp.crc), s.name));
+            b.push_str(&format!("\t{{ {}, \"{s}\" }},\n", hex8(exp.crc)));
         }
         b.push_str("};\n");
     }
     // add_depends: the exporting modules, in the order first used.
     let mut depends: Vec<&str> = Vec::new();
-    for (_, exp) in &resolved {
+    for (_, exp) in resolved {
         if exp.module == "vmlinux" {
             continue;
         }
@@ -213,7 +244,7 @@ pub fn write(
     ));
     // add_moddevtable: no table.
     b.push('\n');
-    Ok(ModC::Source(b))
+    Ok(b)
 }
 
 /// C's `%#8x`: `0x` and the hex digits (`0` alone for zero), right-aligned
