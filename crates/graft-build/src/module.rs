@@ -79,17 +79,7 @@ pub fn link(
         stub_c: &stub,
         objects: &objects,
     };
-    let exports = |name: &str| {
-        target
-            .exports
-            .get(name)
-            .map(|e| graft_kbuild::module::Export {
-                crc: e.crc,
-                module: e.module.clone(),
-                gpl_only: e.gpl_only,
-                namespace: e.namespace.clone(),
-            })
-    };
+    let exports = |name: &str| target.exports.get(name).cloned();
     let headers = &target.paths.headers;
     let linker = graft_kbuild::module::Linker::open(headers, &inputs.cache, &exports)?;
     let dir = ws.work_dir().join("module");

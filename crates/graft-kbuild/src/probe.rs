@@ -68,6 +68,19 @@ pub fn compile(tree: &Path, source: &str) -> Result<Vec<u8>, KbuildError> {
 /// commands (pipes, redirections, substitutions, `&&`), which graft does not
 /// replay.
 pub fn shell_commands(s: &str) -> Option<Vec<Vec<String>>> {
+    split(s, true)
+}
+
+/// The words of the first command of `s`, split the way `sh` would for the
+/// quoting kbuild uses (`'…'`, `"…"` and backslashes); other shell syntax is
+/// taken as text. `None` on an unterminated quote.
+pub fn shell_words(s: &str) -> Option<Vec<String>> {
+    Some(split(s, false)?.into_iter().next().unwrap_or_default())
+}
+
+/// The one splitter behind [`shell_commands`] (`strict`: shell syntax
+/// beyond quoting and `;` is refused) and [`shell_words`].
+fn split(s: &str, strict: bool) -> Option<Vec<Vec<String>>> {
     let mut commands = Vec::new();
     let mut words = Vec::new();
     let mut cur = String::new();
@@ -96,7 +109,7 @@ pub fn shell_commands(s: &str) -> Option<Vec<Vec<String>>> {
                     match chars.next()? {
                         '"' => break,
                         '\\' => cur.push(chars.next()?),
-                        '$' | '`' => return None,
+                        '$' | '`' if strict => return None,
                         c => cur.push(c),
                     }
                 }
@@ -111,7 +124,9 @@ pub fn shell_commands(s: &str) -> Option<Vec<Vec<String>>> {
                     commands.push(std::mem::take(&mut words));
                 }
             }
-            '|' | '&' | '<' | '>' | '$' | '`' | '(' | ')' | '*' | '?' | '[' | '#' | '~' => {
+            '|' | '&' | '<' | '>' | '$' | '`' | '(' | ')' | '*' | '?' | '[' | '#' | '~'
+                if strict =>
+            {
                 return None
             }
             c if c.is_whitespace() => end_word(&mut cur, &mut in_word, &mut words),
@@ -126,57 +141,6 @@ pub fn shell_commands(s: &str) -> Option<Vec<Vec<String>>> {
         commands.push(words);
     }
     Some(commands)
-}
-
-/// Splits a command line the way `sh` would for the quoting kbuild uses
-/// (`'…'`, `"…"` and backslashes); `None` on an unterminated quote.
-pub fn shell_words(s: &str) -> Option<Vec<String>> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next()? {
-                        '\'' => break,
-                        c => cur.push(c),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next()? {
-                        '"' => break,
-                        '\\' => cur.push(chars.next()?),
-                        c => cur.push(c),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                cur.push(chars.next()?);
-            }
-            ';' if !in_word || cur.is_empty() => break,
-            c if c.is_whitespace() => {
-                if in_word {
-                    out.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                cur.push(c);
-            }
-        }
-    }
-    if in_word {
-        out.push(cur);
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -408,10 +408,22 @@ mod tests {
 
     const BASE: u64 = 0xffff_ffff_8100_0000;
 
-    /// Builds tables the way scripts/kallsyms.c lays them out, with one
-    /// token per byte value (token i is the character i, for printable i;
-    /// others are two-letter pairs so that every token is non-empty).
-    fn tables(syms: &[(u64, &str)], seqs: bool, absolute: &[&str]) -> (u64, Vec<u8>) {
+    /// The order scripts/kallsyms.c lays its tables out in.
+    #[derive(Clone, Copy)]
+    enum Order {
+        /// Before 6.11: offsets, base, count, names, markers, (seqs), token
+        /// table and index.
+        Classic { seqs: bool },
+        /// 6.11 and later: count, names, markers, token table and index,
+        /// offsets, base, seqs of names.
+        Since611,
+    }
+
+    /// Builds tables the way scripts/kallsyms.c lays them out in `order`,
+    /// with one token per byte value (token i is the character i, for
+    /// printable i; others are two-letter pairs so that every token is
+    /// non-empty).
+    fn tables_in(order: Order, syms: &[(u64, &str)], absolute: &[&str]) -> (u64, Vec<u8>) {
         let addr = 0xffff_ffff_8200_0000u64;
         let mut out = vec![0xaa_u8; 40]; // unrelated data before
         let pad = |out: &mut Vec<u8>| {
@@ -419,133 +431,95 @@ mod tests {
                 out.push(0);
             }
         };
-        let token = |i: usize| -> Vec<u8> {
-            let c = i as u8;
-            if c.is_ascii_graphic() {
-                vec![c]
-            } else {
-                vec![b'A' + (i % 26) as u8, b'a' + (i / 26) as u8]
+        let offsets = |out: &mut Vec<u8>| {
+            pad(out);
+            for (a, name) in syms {
+                let off: i32 = if absolute.contains(name) {
+                    *a as i32
+                } else {
+                    (BASE as i64 - *a as i64 - 1) as i32
+                };
+                out.extend_from_slice(&off.to_le_bytes());
+            }
+            pad(out);
+            out.extend_from_slice(&BASE.to_le_bytes());
+        };
+        let count = |out: &mut Vec<u8>| {
+            out.extend_from_slice(&(syms.len() as u32).to_le_bytes());
+            pad(out);
+        };
+        let names = |out: &mut Vec<u8>| {
+            let names_at = out.len();
+            let mut markers = Vec::new();
+            for (i, (_, name)) in syms.iter().enumerate() {
+                if i % 256 == 0 {
+                    markers.push((out.len() - names_at) as u32);
+                }
+                let len = name.len();
+                if len <= 0x7f {
+                    out.push(len as u8);
+                } else {
+                    out.push((len as u8 & 0x7f) | 0x80);
+                    out.push((len >> 7) as u8);
+                }
+                out.extend_from_slice(name.as_bytes());
+            }
+            pad(out);
+            for m in markers {
+                out.extend_from_slice(&m.to_le_bytes());
+            }
+            pad(out);
+        };
+        let seqs = |out: &mut Vec<u8>| out.extend(std::iter::repeat_n(7u8, 3 * syms.len()));
+        let tokens = |out: &mut Vec<u8>| {
+            let mut index = Vec::new();
+            let table_at = out.len();
+            for i in 0..256 {
+                index.push((out.len() - table_at) as u16);
+                let c = i as u8;
+                if c.is_ascii_graphic() {
+                    out.push(c);
+                } else {
+                    out.extend([b'A' + (i % 26) as u8, b'a' + (i / 26) as u8]);
+                }
+                out.push(0);
+            }
+            pad(out);
+            for i in index {
+                out.extend_from_slice(&i.to_le_bytes());
             }
         };
-        pad(&mut out);
-        for (a, name) in syms {
-            let off: i32 = if absolute.contains(name) {
-                *a as i32
-            } else {
-                (BASE as i64 - *a as i64 - 1) as i32
-            };
-            out.extend_from_slice(&off.to_le_bytes());
-        }
-        pad(&mut out);
-        out.extend_from_slice(&BASE.to_le_bytes());
-        out.extend_from_slice(&(syms.len() as u32).to_le_bytes());
-        pad(&mut out);
-        let names_at = out.len();
-        let mut markers = Vec::new();
-        for (i, (_, name)) in syms.iter().enumerate() {
-            if i % 256 == 0 {
-                markers.push((out.len() - names_at) as u32);
+        match order {
+            Order::Classic { seqs: with_seqs } => {
+                offsets(&mut out);
+                count(&mut out);
+                names(&mut out);
+                if with_seqs {
+                    seqs(&mut out);
+                    pad(&mut out);
+                }
+                tokens(&mut out);
             }
-            let len = name.len();
-            if len <= 0x7f {
-                out.push(len as u8);
-            } else {
-                out.push((len as u8 & 0x7f) | 0x80);
-                out.push((len >> 7) as u8);
+            Order::Since611 => {
+                pad(&mut out);
+                count(&mut out);
+                names(&mut out);
+                tokens(&mut out);
+                offsets(&mut out);
+                pad(&mut out);
+                seqs(&mut out);
             }
-            out.extend_from_slice(name.as_bytes());
-        }
-        pad(&mut out);
-        for m in markers {
-            out.extend_from_slice(&m.to_le_bytes());
-        }
-        pad(&mut out);
-        if seqs {
-            out.extend(std::iter::repeat_n(7u8, 3 * syms.len()));
-            pad(&mut out);
-        }
-        let mut index = Vec::new();
-        let table_at = out.len();
-        for i in 0..256 {
-            index.push((out.len() - table_at) as u16);
-            out.extend(token(i));
-            out.push(0);
-        }
-        pad(&mut out);
-        for i in index {
-            out.extend_from_slice(&i.to_le_bytes());
         }
         out.extend_from_slice(&[0x55; 16]);
         (addr, out)
     }
 
-    /// The same tables in the order of 6.11 and later: count, names,
-    /// markers, token table and index, offsets, base, seqs of names.
+    fn tables(syms: &[(u64, &str)], seqs: bool, absolute: &[&str]) -> (u64, Vec<u8>) {
+        tables_in(Order::Classic { seqs }, syms, absolute)
+    }
+
     fn tables_611(syms: &[(u64, &str)], absolute: &[&str]) -> (u64, Vec<u8>) {
-        let addr = 0xffff_ffff_8200_0000u64;
-        let mut out = vec![0xaa_u8; 40];
-        let pad = |out: &mut Vec<u8>| {
-            while !(addr + out.len() as u64).is_multiple_of(8) {
-                out.push(0);
-            }
-        };
-        let token = |i: usize| -> Vec<u8> {
-            let c = i as u8;
-            if c.is_ascii_graphic() {
-                vec![c]
-            } else {
-                vec![b'A' + (i % 26) as u8, b'a' + (i / 26) as u8]
-            }
-        };
-        pad(&mut out);
-        out.extend_from_slice(&(syms.len() as u32).to_le_bytes());
-        pad(&mut out);
-        let names_at = out.len();
-        let mut markers = Vec::new();
-        for (i, (_, name)) in syms.iter().enumerate() {
-            if i % 256 == 0 {
-                markers.push((out.len() - names_at) as u32);
-            }
-            let len = name.len();
-            if len <= 0x7f {
-                out.push(len as u8);
-            } else {
-                out.push((len as u8 & 0x7f) | 0x80);
-                out.push((len >> 7) as u8);
-            }
-            out.extend_from_slice(name.as_bytes());
-        }
-        pad(&mut out);
-        for m in markers {
-            out.extend_from_slice(&m.to_le_bytes());
-        }
-        pad(&mut out);
-        let mut index = Vec::new();
-        let table_at = out.len();
-        for i in 0..256 {
-            index.push((out.len() - table_at) as u16);
-            out.extend(token(i));
-            out.push(0);
-        }
-        pad(&mut out);
-        for i in index {
-            out.extend_from_slice(&i.to_le_bytes());
-        }
-        pad(&mut out);
-        for (a, name) in syms {
-            let off: i32 = if absolute.contains(name) {
-                *a as i32
-            } else {
-                (BASE as i64 - *a as i64 - 1) as i32
-            };
-            out.extend_from_slice(&off.to_le_bytes());
-        }
-        pad(&mut out);
-        out.extend_from_slice(&BASE.to_le_bytes());
-        pad(&mut out);
-        out.extend(std::iter::repeat_n(7u8, 3 * syms.len()));
-        out.extend_from_slice(&[0x55; 16]);
-        (addr, out)
+        tables_in(Order::Since611, syms, absolute)
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use graft_elf::Object;
-use graft_kbuild::module::{Export, Linked, Linker, ModuleSources};
+use graft_kbuild::module::{Linked, Linker, ModuleSources};
 use graft_lab::{run_scenario, Scenario};
 
 fn cache_root() -> PathBuf {
@@ -110,14 +110,7 @@ fn graft_links_what_kbuild_links(lab: &graft_lab::Lab, work: &Path, name: &str) 
         objects: &objects,
     };
     let symvers = graft_target::Exports::read(&lab.headers().join("Module.symvers")).unwrap();
-    let exports = |n: &str| {
-        symvers.get(n).map(|e| Export {
-            crc: e.crc,
-            module: e.module.clone(),
-            gpl_only: e.gpl_only,
-            namespace: e.namespace.clone(),
-        })
-    };
+    let exports = |n: &str| symvers.get(n).cloned();
     let dir = tempfile::tempdir_in(cache_root()).unwrap();
     let kbuild_ko = graft_kbuild::module::build(&lab.headers(), dir.path(), &src).unwrap();
     let kbuild = std::fs::read(&kbuild_ko).unwrap();

@@ -13,14 +13,7 @@ use graft_elf::{Binding, Object, SymKind};
 const SHN_COMMON: u16 = 0xfff2;
 
 /// One export of the kernel or of a module (`Module.symvers`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Export {
-    pub crc: u32,
-    /// `vmlinux` or the exporting module's path (`drivers/scsi/scsi_mod`).
-    pub module: String,
-    pub gpl_only: bool,
-    pub namespace: Option<String>,
-}
+pub use graft_target::Export;
 
 /// How modpost is run for the module (from the headers' config).
 #[derive(Debug, Clone, Copy)]
