@@ -245,7 +245,13 @@ impl KernelDir {
             let deb = apt.download(&pkg.name, &pkg.version, &tmp, p)?;
             apt::unpack(&deb, &out)?;
         }
-        let final_root = self.dir.join("headers");
+        // The include names the directory itself, not a link to it: a
+        // cache reached through a symbolic link must not bake the link in.
+        let dir = self
+            .dir
+            .canonicalize()
+            .map_err(|e| DebianError::io(format!("resolving {}", self.dir.display()), e))?;
+        let final_root = dir.join("headers");
         relocate_headers(&out, &final_root, &k.release)?;
         replace_dir(&out, &final_root)?;
         remove_dir(&tmp)?;
