@@ -221,7 +221,9 @@ struct Walk<'c, 'a> {
 }
 
 impl Walk<'_, '_> {
-    /// The reference `r` of section `from`, reaching member `f` at `at`.
+    /// The reference `r` of section `from`, reaching member `f` at `at`:
+    /// only code may refer to it, by a direct call from another function,
+    /// whose caller is patched, promoted, or needs nothing.
     fn reference(
         &self,
         f: SymbolId,
@@ -230,61 +232,114 @@ impl Walk<'_, '_> {
         r: &Reloc,
         at: i64,
     ) -> Result<Reach, Blocked> {
-        let (ctx, out, ignored, module) = (self.ctx, self.out, self.ignored, self.module);
-        let (cname, generic_hint) = (&self.cname, &self.generic_hint);
-        let obj = ctx.patched.obj;
-        let name = |id: SymbolId| obj.symbol(id).name.clone();
-        let fs = obj.symbol(f);
-        let lo = fs.value as i64;
-        let from_sec = obj.section(from);
-        let stored = |what: String| {
-            Blocked {
-                why: format!("{what}{via}, so the kernel can reach the old {} without a caller graft could patch", fs.name),
-                hint: generic_hint.clone(),
-            }
+        if let Some(reach) = self.outside_code(f, via, from, r) {
+            return reach;
+        }
+        let Some((u, site)) = self.direct_call(f, via, from, r, at)? else {
+            return Ok(Reach::Nothing);
         };
+        self.caller(f, via, from, u, site)
+    }
+
+    /// Refused: the kernel can reach `f` without a call graft could patch,
+    /// as `what` says.
+    fn stored(&self, f: SymbolId, via: &str, what: String) -> Blocked {
+        let fs = self.ctx.patched.obj.symbol(f);
+        Blocked {
+            why: format!(
+                "{what}{via}, so the kernel can reach the old {} without a caller graft could patch",
+                fs.name
+            ),
+            hint: self.generic_hint.clone(),
+        }
+    }
+
+    /// A reference from outside code: nothing for a table entry about f's
+    /// own code, refused otherwise. `None`: the reference is in code.
+    fn outside_code(
+        &self,
+        f: SymbolId,
+        via: &str,
+        from: SectionId,
+        r: &Reloc,
+    ) -> Option<Result<Reach, Blocked>> {
+        let obj = self.ctx.patched.obj;
+        let name = |id: SymbolId| obj.symbol(id).name.clone();
+        let from_sec = obj.section(from);
         match role(from_sec) {
-            Some(Role::Code) => {}
+            Some(Role::Code) => None,
             Some(Role::Table(_)) => {
-                let owner = table_owner(ctx, from, r.offset);
+                let owner = table_owner(self.ctx, from, r.offset);
                 if owner.is_some_and(|o| same_function(obj, o, f)) {
-                    return Ok(Reach::Nothing); // an entry about f's own code
+                    return Some(Ok(Reach::Nothing)); // an entry about f's own code
                 }
-                return Err(stored(format!(
-                    "{} refers to it from an entry {}",
-                    from_sec.name,
-                    owner.map_or_else(
-                        || "graft cannot attribute".to_owned(),
-                        |o| format!("of {}", name(o))
-                    )
-                )));
+                Some(Err(self.stored(
+                    f,
+                    via,
+                    format!(
+                        "{} refers to it from an entry {}",
+                        from_sec.name,
+                        owner.map_or_else(
+                            || "graft cannot attribute".to_owned(),
+                            |o| format!("of {}", name(o))
+                        )
+                    ),
+                )))
             }
             _ => {
                 let holder = crate::correlate::symbol_at(obj, from, r.offset as i64).map_or_else(
                     || from_sec.name.clone(),
                     |h| format!("{} ({})", name(h), from_sec.name),
                 );
-                return Err(stored(format!("its address is stored in {holder}")));
+                Some(Err(self.stored(
+                    f,
+                    via,
+                    format!("its address is stored in {holder}"),
+                )))
             }
         }
+    }
+
+    /// The function whose code `r` (in code) belongs to, when it calls or
+    /// jumps to `f`'s start directly, and the call site's offset in it.
+    /// `None`: a call that needs no patch (f's own code, vmlinux's init
+    /// code).
+    fn direct_call(
+        &self,
+        f: SymbolId,
+        via: &str,
+        from: SectionId,
+        r: &Reloc,
+        at: i64,
+    ) -> Result<Option<(SymbolId, u64)>, Blocked> {
+        let ctx = self.ctx;
+        let obj = ctx.patched.obj;
+        let name = |id: SymbolId| obj.symbol(id).name.clone();
+        let fs = obj.symbol(f);
+        let from_sec = obj.section(from);
         let Some(u) = function_at(obj, from, r.offset as i64) else {
-            return Err(stored(format!(
-                "it is referenced from {} outside any function",
-                from_sec.name
-            )));
+            return Err(self.stored(
+                f,
+                via,
+                format!(
+                    "it is referenced from {} outside any function",
+                    from_sec.name
+                ),
+            ));
         };
         if same_function(obj, u, f) {
-            return Ok(Reach::Nothing); // f's own code, or its cold part's
+            return Ok(None); // f's own code, or its cold part's
         }
         let site = r.offset.saturating_sub(obj.symbol(u).value);
-        if at != lo || !ctx.patched.code.is_direct_branch(obj, from, r.offset) {
-            return Err(stored(format!(
-                "its address is taken in {} (+{site:#x})",
-                name(u)
-            )));
+        if at != fs.value as i64 || !ctx.patched.code.is_direct_branch(obj, from, r.offset) {
+            return Err(self.stored(
+                f,
+                via,
+                format!("its address is taken in {} (+{site:#x})", name(u)),
+            ));
         }
         if is_init_section(&from_sec.name) {
-            if module {
+            if self.module {
                 return Err(Blocked {
                         why: format!(
                             "{} is __init code of the module and calls it{via}: init code cannot be patched, so it would run the old {} whenever the module loads",
@@ -292,19 +347,38 @@ impl Walk<'_, '_> {
                             fs.name
                         ),
                         hint: format!(
-                            "keep {cname} as it is and put the fixed code in a new function that the other callers call"
+                            "keep {} as it is and put the fixed code in a new function that the other callers call",
+                            self.cname
                         ),
                     });
             }
-            return Ok(Reach::Nothing); // vmlinux's init code has run and is gone
+            return Ok(None); // vmlinux's init code has run and is gone
         }
+        Ok(Some((u, site)))
+    }
+
+    /// What the function `u` of section `from`, calling member `f` at `site`,
+    /// needs: nothing (ignored, new, promoted already), a patched copy (it
+    /// has a hook), or promotion with the member (local, no hook either).
+    fn caller(
+        &self,
+        f: SymbolId,
+        via: &str,
+        from: SectionId,
+        u: SymbolId,
+        site: u64,
+    ) -> Result<Reach, Blocked> {
+        let (ctx, out) = (self.ctx, self.out);
+        let obj = ctx.patched.obj;
+        let name = |id: SymbolId| obj.symbol(id).name.clone();
+        let cname = &self.cname;
         // A cold part calls on behalf of its parent.
         let u = parent_function(obj, u).unwrap_or(u);
-        if ignored.contains(&u) {
+        if self.ignored.contains(&u) {
             return Ok(Reach::Nothing); // the author keeps the running kernel's caller
         }
         let Some(uc) = out.functions.iter().find(|x| x.symbol == u) else {
-            return Err(stored(format!("it is called from {}", name(u))));
+            return Err(self.stored(f, via, format!("it is called from {}", name(u))));
         };
         let Some(twin) = uc.twin else {
             return Ok(Reach::Nothing); // a new caller is carried and calls the new copy
@@ -315,24 +389,22 @@ impl Walk<'_, '_> {
         if has_fentry(ctx.orig.obj, twin) {
             return Ok(Reach::Caller(u, site));
         }
+        if obj.symbol(u).is_global()
+            || is_init_section(&obj.section(obj.symbol(u).section.unwrap_or(from)).name)
         {
-            if obj.symbol(u).is_global()
-                || is_init_section(&obj.section(obj.symbol(u).section.unwrap_or(from)).name)
-            {
-                return Err(Blocked {
-                        why: format!(
-                            "it is called from {}{via}, which has no __fentry__ either and is {}",
-                            name(u),
-                            if obj.symbol(u).is_global() { "global" } else { "init code" }
-                        ),
-                        hint: format!(
-                            "make the change in a function with __fentry__ on the way to {cname}, or in the callers of {}",
-                            name(u)
-                        ),
-                    });
-            }
-            Ok(Reach::Member(u))
+            return Err(Blocked {
+                why: format!(
+                    "it is called from {}{via}, which has no __fentry__ either and is {}",
+                    name(u),
+                    if obj.symbol(u).is_global() { "global" } else { "init code" }
+                ),
+                hint: format!(
+                    "make the change in a function with __fentry__ on the way to {cname}, or in the callers of {}",
+                    name(u)
+                ),
+            });
         }
+        Ok(Reach::Member(u))
     }
 }
 

@@ -17,7 +17,7 @@
 //! cannot read is refused rather than skipped: a silently dropped callback
 //! or state would make a patch that loads and misbehaves.
 
-use graft_elf::{Object, SectionId, SymKind, SymbolId};
+use graft_elf::{Object, Section, SectionId, SymKind, SymbolId};
 use serde::Serialize;
 
 use crate::compare::{is_string_section, string_at};
@@ -124,7 +124,6 @@ pub fn read(obj: &Object) -> (Markers, Vec<BadMarker>) {
     let mut m = Markers::default();
     let mut bad = Vec::new();
     for s in obj.sections.iter().filter(|s| s.name.starts_with(PREFIX)) {
-        let kind = &s.name[PREFIX.len()..];
         let mut fail = |symbol: &str, why: String| {
             bad.push(BadMarker {
                 section: s.name.clone(),
@@ -132,102 +131,128 @@ pub fn read(obj: &Object) -> (Markers, Vec<BadMarker>) {
                 why,
             })
         };
-        // Every record graft knows, but the states, is one pointer.
-        let pointer_records = kind.starts_with("callbacks.")
-            || matches!(
-                kind,
-                "ignore.functions" | "ignore.sections" | "force_unsafe"
-            );
-        if pointer_records && s.size % 8 != 0 {
-            fail(
-                "",
-                format!("{} bytes are not a whole number of 8-byte pointer records; hint: write markers only with the macros of <graft/livepatch.h>", s.size),
-            );
-            continue;
-        }
-        if let Some(k) = kind.strip_prefix("callbacks.") {
-            let Some(kind) = CallbackKind::ALL.into_iter().find(|c| c.field() == k) else {
-                fail(
-                    "",
-                    format!("{k} is not a livepatch callback (pre_patch, post_patch, pre_unpatch, post_unpatch)"),
-                );
-                continue;
-            };
-            for p in pointers(obj, s.id) {
-                match function_named(obj, p) {
-                    Ok((symbol, function)) => m.callbacks.push(Callback {
-                        kind,
-                        function,
-                        symbol,
-                    }),
-                    Err(why) => fail(&why.0, format!("the {} callback {}", kind.field(), why.1)),
-                }
-            }
-            continue;
-        }
-        match kind {
-            "states" => {
-                const RECORD: usize = 16;
-                if s.data.len() % RECORD != 0 || !s.relocs.is_empty() {
-                    fail(
-                        "",
-                        format!(
-                            "{} bytes with {} relocation(s) are not GRAFT_STATE records (16 bytes of constants each); hint: declare states only with GRAFT_STATE(id, version)",
-                            s.data.len(),
-                            s.relocs.len()
-                        ),
-                    );
-                    continue;
-                }
-                for r in s.data.chunks_exact(RECORD) {
-                    let id = u64::from_le_bytes(r[0..8].try_into().expect("8 bytes"));
-                    let version = u32::from_le_bytes(r[8..12].try_into().expect("4 bytes"));
-                    m.states.push(State { id, version });
-                }
-            }
-            "ignore.functions" | "force_unsafe" => {
-                for p in pointers(obj, s.id) {
-                    match function_named(obj, p) {
-                        Ok((symbol, function)) => {
-                            let n = Named { function, symbol };
-                            if kind == "force_unsafe" {
-                                m.force_unsafe.push(n);
-                            } else {
-                                m.ignored_functions.push(n);
-                            }
-                        }
-                        Err(why) => fail(&why.0, format!("the marked function {}", why.1)),
-                    }
-                }
-            }
-            "ignore.sections" => {
-                for p in pointers(obj, s.id) {
-                    let name = p.ok().and_then(|(sec, off)| {
-                        let sec = obj.section(sec);
-                        is_string_section(sec)
-                            .then(|| string_at(sec, off))
-                            .flatten()
-                            .map(|b| String::from_utf8_lossy(b).into_owned())
-                    });
-                    match name {
-                        Some(n) => m.ignored_sections.push(n),
-                        None => fail(
-                            "",
-                            "a GRAFT_IGNORE_SECTION record does not point to a string; hint: pass a string literal: GRAFT_IGNORE_SECTION(\".text.foo\")".into(),
-                        ),
-                    }
-                }
-            }
-            _ => fail(
-                "",
-                format!("graft does not know the marker section {}; hint: this graft reads .graft.callbacks.*, .graft.states, .graft.ignore.functions, .graft.ignore.sections and .graft.force_unsafe; use the <graft/livepatch.h> that graft installs, not a copy from another version", s.name),
-            ),
-        }
+        read_section(obj, s, &mut m, &mut fail);
     }
     m.callbacks.sort_by_key(|c| c.kind);
     m.states.sort();
     m.states.dedup();
     (m, bad)
+}
+
+/// What `fail` is told of a record graft cannot use: the symbol it names
+/// (empty when unknown) and why.
+type Fail<'f> = dyn FnMut(&str, String) + 'f;
+
+/// Reads the marker section `s` into `m`, by its kind (the name after
+/// [`PREFIX`]); a section or record graft cannot use goes to `fail`.
+fn read_section(obj: &Object, s: &Section, m: &mut Markers, fail: &mut Fail<'_>) {
+    let kind = &s.name[PREFIX.len()..];
+    // Every record graft knows, but the states, is one pointer.
+    let pointer_records = kind.starts_with("callbacks.")
+        || matches!(
+            kind,
+            "ignore.functions" | "ignore.sections" | "force_unsafe"
+        );
+    if pointer_records && !s.size.is_multiple_of(8) {
+        fail(
+            "",
+            format!("{} bytes are not a whole number of 8-byte pointer records; hint: write markers only with the macros of <graft/livepatch.h>", s.size),
+        );
+        return;
+    }
+    if let Some(k) = kind.strip_prefix("callbacks.") {
+        read_callbacks(obj, s, k, m, fail);
+        return;
+    }
+    match kind {
+        "states" => read_states(s, m, fail),
+        "ignore.functions" | "force_unsafe" => read_functions(obj, s, kind, m, fail),
+        "ignore.sections" => read_ignored_sections(obj, s, m, fail),
+        _ => fail(
+            "",
+            format!("graft does not know the marker section {}; hint: this graft reads .graft.callbacks.*, .graft.states, .graft.ignore.functions, .graft.ignore.sections and .graft.force_unsafe; use the <graft/livepatch.h> that graft installs, not a copy from another version", s.name),
+        ),
+    }
+}
+
+/// `.graft.callbacks.<k>`: functions of the callback kind `k`.
+fn read_callbacks(obj: &Object, s: &Section, k: &str, m: &mut Markers, fail: &mut Fail<'_>) {
+    let Some(kind) = CallbackKind::ALL.into_iter().find(|c| c.field() == k) else {
+        fail(
+            "",
+            format!("{k} is not a livepatch callback (pre_patch, post_patch, pre_unpatch, post_unpatch)"),
+        );
+        return;
+    };
+    for p in pointers(obj, s.id) {
+        match function_named(obj, p) {
+            Ok((symbol, function)) => m.callbacks.push(Callback {
+                kind,
+                function,
+                symbol,
+            }),
+            Err(why) => fail(&why.0, format!("the {} callback {}", kind.field(), why.1)),
+        }
+    }
+}
+
+/// `.graft.states`: `GRAFT_STATE` records, constants only.
+fn read_states(s: &Section, m: &mut Markers, fail: &mut Fail<'_>) {
+    const RECORD: usize = 16;
+    if !s.data.len().is_multiple_of(RECORD) || !s.relocs.is_empty() {
+        fail(
+            "",
+            format!(
+                "{} bytes with {} relocation(s) are not GRAFT_STATE records (16 bytes of constants each); hint: declare states only with GRAFT_STATE(id, version)",
+                s.data.len(),
+                s.relocs.len()
+            ),
+        );
+        return;
+    }
+    for r in s.data.chunks_exact(RECORD) {
+        let id = u64::from_le_bytes(r[0..8].try_into().expect("8 bytes"));
+        let version = u32::from_le_bytes(r[8..12].try_into().expect("4 bytes"));
+        m.states.push(State { id, version });
+    }
+}
+
+/// `.graft.ignore.functions` and `.graft.force_unsafe` (`kind`): functions
+/// of this file.
+fn read_functions(obj: &Object, s: &Section, kind: &str, m: &mut Markers, fail: &mut Fail<'_>) {
+    for p in pointers(obj, s.id) {
+        match function_named(obj, p) {
+            Ok((symbol, function)) => {
+                let n = Named { function, symbol };
+                if kind == "force_unsafe" {
+                    m.force_unsafe.push(n);
+                } else {
+                    m.ignored_functions.push(n);
+                }
+            }
+            Err(why) => fail(&why.0, format!("the marked function {}", why.1)),
+        }
+    }
+}
+
+/// `.graft.ignore.sections`: names of sections, as strings.
+fn read_ignored_sections(obj: &Object, s: &Section, m: &mut Markers, fail: &mut Fail<'_>) {
+    for p in pointers(obj, s.id) {
+        let name = p.ok().and_then(|(sec, off)| {
+            let sec = obj.section(sec);
+            is_string_section(sec)
+                .then(|| string_at(sec, off))
+                .flatten()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        });
+        match name {
+            Some(n) => m.ignored_sections.push(n),
+            None => fail(
+                "",
+                "a GRAFT_IGNORE_SECTION record does not point to a string; hint: pass a string literal: GRAFT_IGNORE_SECTION(\".text.foo\")".into(),
+            ),
+        }
+    }
 }
 
 /// The 8-byte pointers of a record section: where each points, or the name

@@ -88,7 +88,8 @@ pub enum VerifyError {
     },
 }
 
-/// What one candidate gave.
+/// A candidate that did not match: its address, and why (no miss: its
+/// code could not be read).
 type Tried = (u64, Option<Miss>);
 
 /// A function several candidates matched, decided once every other
@@ -106,149 +107,475 @@ pub fn verify(
     functions: &[SymbolId],
     target: &Target<'_>,
 ) -> Result<Verified, VerifyError> {
-    let object = orig.path.display().to_string();
-    let symbols = target.symbols;
-    let entries = symbols.entries();
-    let delta = symbols
-        .lookup(target.object, "_text")
-        .first()
-        .map_or(0, |e| e.address.wrapping_sub(target.image.text_start));
-    let in_object = |e: &graft_target::KallsymsEntry| {
-        e.module.as_deref().unwrap_or(graft_elf::klp::VMLINUX) == target.object
-    };
-    // A copy ends, at the latest, where the next symbol starts: kallsyms
-    // lists symbols by address. (Out of order, the bound is only looser: a
-    // copy is never taken longer than what pairs with our instructions.)
-    let next_start = |i: usize| -> Option<u64> {
-        let at = entries[i].address;
-        entries[i + 1..]
-            .iter()
-            .find(|e| in_object(e) && e.address > at)
-            .map(|e| e.address)
-    };
-    let resolver = Resolver::Linked {
-        symbols,
-        object: target.object,
-        delta,
-    };
+    verify_with(orig, functions, &Image::new(target))
+}
 
-    let mut out = Verified::default();
-    let mut slots: Vec<Option<Match>> = Vec::new();
-    let mut undecided = Vec::new();
+/// Verifies `functions` of `orig` against the target's module `.ko`. The
+/// module is relocatable too: its references to other sections are
+/// relocations, compared by what they reach; the assembler resolved those
+/// within its one `.text` in place, as in vmlinux. `sympos` counts in the
+/// module's own order.
+pub fn verify_module(
+    orig: &Object,
+    functions: &[SymbolId],
+    module: &graft_target::ModuleFile,
+) -> Result<Verified, VerifyError> {
+    verify_with(orig, functions, &Module::new(module))
+}
+
+/// Where the target keeps its copies of functions: the kernel image with
+/// its symbol table ([`Image`]), or a module's object ([`Module`]). The
+/// steps of verification are the same for both ([`verify_with`]); what
+/// differs is how a copy is found, read, named and counted. Copies are
+/// named by their position in the side's table.
+trait Copies {
+    /// `name` as the errors name it.
+    fn label(&self, name: &str) -> String;
+    /// The copies named `name` that can be its code.
+    fn candidates(&self, name: &str) -> Vec<usize>;
+    /// Walks our function against the copy at `i`: what it matched, or its
+    /// address and why not (no miss: its code could not be read).
+    fn try_copy(&self, ours: &Ours<'_>, i: usize) -> Result<Matched, Tried>;
+    /// The error for `name`, when no copy matched.
+    fn no_match(&self, object: &str, name: &str, misses: Vec<Tried>) -> VerifyError;
+    /// Address of the copy at `i`.
+    fn address(&self, i: usize) -> u64;
+    /// `sympos` of the copy at `i`, named `name`.
+    fn sympos(&self, name: &str, i: usize) -> u32;
+    /// Records that `name` is the copy at `i`, and the `sympos` of what its
+    /// code reaches.
+    fn record(
+        &self,
+        out: &mut Verified,
+        name: &str,
+        i: usize,
+        m: &Matched,
+        choice: Option<String>,
+    ) -> Match;
+    /// The table `choose` walks, in the table's positions.
+    fn table(&self) -> Vec<choose::Entry<'_>>;
+    /// Whether the copy at `i` is certainly the one of its name: the only
+    /// one, or one verification matched (`proven`).
+    fn certain(&self, i: usize, proven: &[Match]) -> bool;
+}
+
+/// The steps of verification: each function matched against every copy of
+/// its name; placed at once where one copy matched, else decided by the
+/// file's layout once every other function is placed (its neighbours'
+/// copies, proven, anchor the choice).
+fn verify_with(
+    orig: &Object,
+    functions: &[SymbolId],
+    copies: &impl Copies,
+) -> Result<Verified, VerifyError> {
+    let object = orig.path.display().to_string();
+    let mut placing = Placing::default();
     for &f in functions {
-        let sym = orig.symbol(f);
-        let ours = Ours::new(orig, f).ok_or_else(|| VerifyError::Unreadable {
-            object: object.clone(),
-            function: sym.name.clone(),
-        })?;
-        let all = symbols.positions(target.object, &sym.name);
-        let candidates: Vec<usize> = all
-            .iter()
-            .copied()
-            .filter(|&i| entries[i].is_text())
-            .collect();
-        if candidates.is_empty() {
-            return Err(VerifyError::NotInKernel {
-                object: object.clone(),
-                function: sym.name.clone(),
-            });
-        }
-        let mut matched = Vec::new();
-        let mut misses: Vec<Tried> = Vec::new();
-        for &i in &candidates {
-            let address = entries[i].address;
-            // Our length and a little more, to show a longer instruction
-            // of theirs whole; never into the next symbol.
-            let max = next_start(i)
-                .map_or(usize::MAX, |n| (n - address) as usize)
-                .min(ours.code.len() + 16);
-            let Some(code) = target.image.bytes_upto(address.wrapping_sub(delta), max) else {
-                misses.push((address, None));
-                continue;
-            };
-            let theirs = Theirs {
-                code,
-                ip: address,
-                size: None,
-                resolver,
-            };
-            match walk::walk(&ours, &theirs) {
-                Ok(m) => matched.push((i, m)),
-                Err(m) => misses.push((address, Some(m))),
-            }
-        }
-        match matched.len() {
-            0 => return Err(explain(&object, &sym.name, target, misses)),
-            1 => {
-                let (i, m) = matched.pop().expect("one");
-                slots.push(Some(vmlinux_match(
-                    &mut out,
-                    symbols,
-                    target.object,
-                    &sym.name,
-                    i,
-                    &m,
-                    None,
-                )));
-            }
-            _ => {
-                slots.push(None);
-                undecided.push(Undecided {
-                    slot: slots.len() - 1,
-                    function: f,
-                    matched,
-                });
-            }
+        let matched = match_copies(orig, f, &object, copies)?;
+        placing.place(copies, &orig.symbol(f).name, f, matched);
+    }
+    if !placing.undecided.is_empty() {
+        placing.decide(orig, &object, copies)?;
+    }
+    Ok(placing.finish())
+}
+
+/// Every copy that matches our function `f` (by position), or why none
+/// does: our code unreadable, no copy of its name, or the miss that went
+/// furthest.
+fn match_copies(
+    orig: &Object,
+    f: SymbolId,
+    object: &str,
+    copies: &impl Copies,
+) -> Result<Vec<(usize, Matched)>, VerifyError> {
+    let sym = orig.symbol(f);
+    let ours = Ours::new(orig, f).ok_or_else(|| VerifyError::Unreadable {
+        object: object.to_owned(),
+        function: sym.name.clone(),
+    })?;
+    let candidates = copies.candidates(&sym.name);
+    if candidates.is_empty() {
+        return Err(VerifyError::NotInKernel {
+            object: object.to_owned(),
+            function: copies.label(&sym.name),
+        });
+    }
+    let mut matched = Vec::new();
+    let mut misses: Vec<Tried> = Vec::new();
+    for &i in &candidates {
+        match copies.try_copy(&ours, i) {
+            Ok(m) => matched.push((i, m)),
+            Err(t) => misses.push(t),
         }
     }
-    if !undecided.is_empty() {
-        let table: Vec<choose::Entry<'_>> = entries
-            .iter()
-            .map(|e| choose::Entry {
-                name: &e.name,
-                code: e.is_text() && in_object(e),
-                group: 0,
-            })
-            .collect();
-        let proven: Vec<u64> = slots.iter().flatten().map(|m| m.address).collect();
-        let certain = |i: usize| {
-            symbols.positions(target.object, &entries[i].name).len() == 1
-                || proven.contains(&entries[i].address)
-        };
-        for u in undecided {
+    if matched.is_empty() {
+        return Err(copies.no_match(object, &sym.name, misses));
+    }
+    Ok(matched)
+}
+
+/// The result as it is built: a slot per function, in the caller's order,
+/// empty while several copies of it matched.
+#[derive(Default)]
+struct Placing {
+    out: Verified,
+    slots: Vec<Option<Match>>,
+    undecided: Vec<Undecided>,
+}
+
+impl Placing {
+    /// Records function `f` (`name`) if one copy matched, else leaves it
+    /// undecided.
+    fn place(
+        &mut self,
+        copies: &impl Copies,
+        name: &str,
+        f: SymbolId,
+        mut matched: Vec<(usize, Matched)>,
+    ) {
+        if matched.len() == 1 {
+            let (i, m) = matched.pop().expect("one");
+            let found = copies.record(&mut self.out, name, i, &m, None);
+            self.slots.push(Some(found));
+        } else {
+            self.slots.push(None);
+            self.undecided.push(Undecided {
+                slot: self.slots.len() - 1,
+                function: f,
+                matched,
+            });
+        }
+    }
+
+    /// Decides each undecided function by where its copies lie among the
+    /// file's other functions ([`choose`]), anchored on the copies placed
+    /// before this step; refuses one no layout decides.
+    fn decide(
+        &mut self,
+        orig: &Object,
+        object: &str,
+        copies: &impl Copies,
+    ) -> Result<(), VerifyError> {
+        let table = copies.table();
+        let proven: Vec<Match> = self.slots.iter().flatten().cloned().collect();
+        let certain = |i: usize| copies.certain(i, &proven);
+        for u in std::mem::take(&mut self.undecided) {
             let name = &orig.symbol(u.function).name;
             let positions: Vec<usize> = u.matched.iter().map(|m| m.0).collect();
             let (order, me) = choose::layout(orig, u.function);
             let Some((k, place)) = choose::pick(&table, &positions, &order, me, &certain) else {
                 return Err(VerifyError::Ambiguous {
-                    object,
-                    function: name.clone(),
+                    object: object.to_owned(),
+                    function: copies.label(name),
                     count: positions.len(),
-                    addresses: addresses(positions.iter().map(|&i| entries[i].address)),
+                    addresses: addresses(positions.iter().map(|&i| copies.address(i))),
                 });
             };
             let (i, m) = &u.matched[k];
-            let sympos = sympos_in(symbols.positions(target.object, name), *i);
             let note = choice_note(
-                &object,
+                object,
                 &u.matched.iter().map(|m| &m.1).collect::<Vec<_>>(),
-                entries[*i].address,
-                sympos,
+                copies.address(*i),
+                copies.sympos(name, *i),
                 &place,
             );
-            slots[u.slot] = Some(vmlinux_match(
-                &mut out,
-                symbols,
-                target.object,
-                name,
-                *i,
-                m,
-                Some(note),
-            ));
+            self.slots[u.slot] = Some(copies.record(&mut self.out, name, *i, m, Some(note)));
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Verified {
+        self.out.functions = self.slots.into_iter().flatten().collect();
+        self.out
+    }
+}
+
+/// The kernel image: copies are the text entries of the symbol table (its
+/// positions), their code read from the image.
+struct Image<'a> {
+    symbols: &'a SymbolTable,
+    image: &'a KernelImage,
+    /// The klp object ("vmlinux").
+    object: &'a str,
+    /// Symbol-table address minus image (link) address.
+    delta: u64,
+}
+
+impl<'a> Image<'a> {
+    fn new(target: &Target<'a>) -> Image<'a> {
+        let delta = target
+            .symbols
+            .lookup(target.object, "_text")
+            .first()
+            .map_or(0, |e| e.address.wrapping_sub(target.image.text_start));
+        Image {
+            symbols: target.symbols,
+            image: target.image,
+            object: target.object,
+            delta,
         }
     }
-    out.functions = slots.into_iter().flatten().collect();
-    Ok(out)
+
+    fn entries(&self) -> &'a [graft_target::KallsymsEntry] {
+        self.symbols.entries()
+    }
+
+    fn in_object(&self, e: &graft_target::KallsymsEntry) -> bool {
+        e.module.as_deref().unwrap_or(graft_elf::klp::VMLINUX) == self.object
+    }
+
+    /// A copy ends, at the latest, where the next symbol starts: kallsyms
+    /// lists symbols by address. (Out of order, the bound is only looser: a
+    /// copy is never taken longer than what pairs with our instructions.)
+    fn next_start(&self, i: usize) -> Option<u64> {
+        let entries = self.entries();
+        let at = entries[i].address;
+        entries[i + 1..]
+            .iter()
+            .find(|e| self.in_object(e) && e.address > at)
+            .map(|e| e.address)
+    }
+}
+
+impl Copies for Image<'_> {
+    fn label(&self, name: &str) -> String {
+        name.to_owned()
+    }
+
+    fn candidates(&self, name: &str) -> Vec<usize> {
+        let entries = self.entries();
+        self.symbols
+            .positions(self.object, name)
+            .iter()
+            .copied()
+            .filter(|&i| entries[i].is_text())
+            .collect()
+    }
+
+    fn try_copy(&self, ours: &Ours<'_>, i: usize) -> Result<Matched, Tried> {
+        let address = self.entries()[i].address;
+        // Our length and a little more, to show a longer instruction
+        // of theirs whole; never into the next symbol.
+        let max = self
+            .next_start(i)
+            .map_or(usize::MAX, |n| (n - address) as usize)
+            .min(ours.code.len() + 16);
+        let Some(code) = self.image.bytes_upto(address.wrapping_sub(self.delta), max) else {
+            return Err((address, None));
+        };
+        let theirs = Theirs {
+            code,
+            ip: address,
+            size: None,
+            resolver: Resolver::Linked {
+                symbols: self.symbols,
+                object: self.object,
+                delta: self.delta,
+            },
+        };
+        walk::walk(ours, &theirs).map_err(|m| (address, Some(m)))
+    }
+
+    /// From the candidate that matched longest (the last of equals).
+    fn no_match(&self, object: &str, name: &str, misses: Vec<Tried>) -> VerifyError {
+        let best = misses
+            .into_iter()
+            .max_by_key(|(_, m)| m.as_ref().map_or(-1, |m| m.offset() as i64));
+        match best {
+            Some((_, Some(miss))) => miss_error(object, name, miss),
+            Some((address, None)) => VerifyError::NotInImage {
+                path: self.image.path.display().to_string(),
+                function: name.to_owned(),
+                address,
+            },
+            None => VerifyError::NotInKernel {
+                object: object.to_owned(),
+                function: name.to_owned(),
+            },
+        }
+    }
+
+    fn address(&self, i: usize) -> u64 {
+        self.entries()[i].address
+    }
+
+    fn sympos(&self, name: &str, i: usize) -> u32 {
+        sympos_in(self.symbols.positions(self.object, name), i)
+    }
+
+    fn record(
+        &self,
+        out: &mut Verified,
+        name: &str,
+        i: usize,
+        m: &Matched,
+        choice: Option<String>,
+    ) -> Match {
+        let sympos = self.sympos(name, i);
+        out.sympos.insert(name.to_owned(), sympos);
+        for (n, addr) in &m.seen {
+            let same = self.symbols.positions(self.object, n);
+            if let Some(&j) = same.iter().find(|&&j| self.entries()[j].address == *addr) {
+                out.sympos.insert(n.clone(), sympos_in(same, j));
+            }
+        }
+        Match {
+            function: name.to_owned(),
+            address: self.entries()[i].address,
+            sympos,
+            choice,
+        }
+    }
+
+    fn table(&self) -> Vec<choose::Entry<'_>> {
+        self.entries()
+            .iter()
+            .map(|e| choose::Entry {
+                name: &e.name,
+                code: e.is_text() && self.in_object(e),
+                group: 0,
+            })
+            .collect()
+    }
+
+    fn certain(&self, i: usize, proven: &[Match]) -> bool {
+        let e = &self.entries()[i];
+        self.symbols.positions(self.object, &e.name).len() == 1
+            || proven.iter().any(|m| m.address == e.address)
+    }
+}
+
+/// A module's object: copies are its functions, by section and address
+/// (the order `choose` walks), their code read from their sections.
+struct Module<'a> {
+    module: &'a graft_target::ModuleFile,
+    /// The module's symbols as kallsyms lists them: what `sympos` counts.
+    listed: Vec<graft_target::KallsymsEntry>,
+    table: Vec<&'a graft_elf::Symbol>,
+}
+
+impl<'a> Module<'a> {
+    fn new(module: &'a graft_target::ModuleFile) -> Module<'a> {
+        let mut table: Vec<&graft_elf::Symbol> = module.object.functions().collect();
+        table.sort_by_key(|s| (s.section.map(|s| s.0), s.value));
+        Module {
+            module,
+            listed: module.kallsyms(),
+            table,
+        }
+    }
+
+    /// `sympos` of the module's symbol `name` at `value`, if listed.
+    fn sympos_of(&self, name: &str, value: u64) -> Option<u32> {
+        let same: Vec<_> = self.listed.iter().filter(|e| e.name == name).collect();
+        let pos = same.iter().position(|e| e.address == value)?;
+        Some(if same.len() == 1 { 0 } else { pos as u32 + 1 })
+    }
+}
+
+impl Copies for Module<'_> {
+    fn label(&self, name: &str) -> String {
+        format!("{name} (module {})", self.module.name)
+    }
+
+    fn candidates(&self, name: &str) -> Vec<usize> {
+        (0..self.table.len())
+            .filter(|&i| self.table[i].name == name)
+            .collect()
+    }
+
+    fn try_copy(&self, ours: &Ours<'_>, i: usize) -> Result<Matched, Tried> {
+        let ko = &self.module.object;
+        let k = self.table[i];
+        let ksec = ko.section(k.section.expect("defined"));
+        let Some(code) = ksec
+            .data
+            .get(k.value as usize..k.value.saturating_add(k.size) as usize)
+        else {
+            return Err((k.value, None));
+        };
+        let theirs = Theirs {
+            code,
+            ip: k.value,
+            size: Some(k.size),
+            resolver: Resolver::Relocatable {
+                obj: ko,
+                section: ksec,
+            },
+        };
+        walk::walk(ours, &theirs).map_err(|m| (k.value, Some(m)))
+    }
+
+    /// From the candidate that matched longest (the first of equals); a
+    /// copy whose code could not be read counts as none.
+    fn no_match(&self, object: &str, name: &str, misses: Vec<Tried>) -> VerifyError {
+        let mut best: Option<Miss> = None;
+        for m in misses.into_iter().filter_map(|(_, m)| m) {
+            if best.as_ref().is_none_or(|b| m.offset() > b.offset()) {
+                best = Some(m);
+            }
+        }
+        match best {
+            Some(m) => miss_error(object, &self.label(name), m),
+            None => VerifyError::NotInKernel {
+                object: object.to_owned(),
+                function: self.label(name),
+            },
+        }
+    }
+
+    fn address(&self, i: usize) -> u64 {
+        self.table[i].value
+    }
+
+    fn sympos(&self, _name: &str, i: usize) -> u32 {
+        let k = self.table[i];
+        self.sympos_of(&k.name, k.value).unwrap_or(0)
+    }
+
+    fn record(
+        &self,
+        out: &mut Verified,
+        _name: &str,
+        i: usize,
+        m: &Matched,
+        choice: Option<String>,
+    ) -> Match {
+        let k = self.table[i];
+        let sympos = self.sympos(&k.name, i);
+        out.sympos.insert(k.name.clone(), sympos);
+        for (name, value) in &m.seen {
+            if let Some(p) = self.sympos_of(name, *value) {
+                out.sympos.insert(name.clone(), p);
+            }
+        }
+        Match {
+            function: k.name.clone(),
+            address: k.value,
+            sympos,
+            choice,
+        }
+    }
+
+    fn table(&self) -> Vec<choose::Entry<'_>> {
+        self.table
+            .iter()
+            .map(|s| choose::Entry {
+                name: &s.name,
+                code: true,
+                group: s.section.map_or(0, |s| s.0),
+            })
+            .collect()
+    }
+
+    fn certain(&self, i: usize, proven: &[Match]) -> bool {
+        let s = self.table[i];
+        self.table.iter().filter(|t| t.name == s.name).count() == 1
+            || proven
+                .iter()
+                .any(|m| m.function == s.name && m.address == s.value)
+    }
 }
 
 /// `sympos` of the entry at position `i` among `same` (every entry of that
@@ -260,35 +587,6 @@ fn sympos_in(same: &[usize], i: usize) -> u32 {
         same.iter()
             .position(|&j| j == i)
             .map_or(0, |p| p as u32 + 1)
-    }
-}
-
-/// Records a vmlinux match, and the `sympos` of what its code reaches.
-fn vmlinux_match(
-    out: &mut Verified,
-    symbols: &SymbolTable,
-    object: &str,
-    name: &str,
-    i: usize,
-    m: &Matched,
-    choice: Option<String>,
-) -> Match {
-    let sympos = sympos_in(symbols.positions(object, name), i);
-    out.sympos.insert(name.to_owned(), sympos);
-    for (n, addr) in &m.seen {
-        let same = symbols.positions(object, n);
-        if let Some(&j) = same
-            .iter()
-            .find(|&&j| symbols.entries()[j].address == *addr)
-        {
-            out.sympos.insert(n.clone(), sympos_in(same, j));
-        }
-    }
-    Match {
-        function: name.to_owned(),
-        address: symbols.entries()[i].address,
-        sympos,
-        choice,
     }
 }
 
@@ -325,26 +623,6 @@ fn choice_note(
     )
 }
 
-/// Builds the error for a function no candidate matched, from the candidate
-/// that matched longest.
-fn explain(object: &str, function: &str, target: &Target<'_>, misses: Vec<Tried>) -> VerifyError {
-    let best = misses
-        .into_iter()
-        .max_by_key(|(_, m)| m.as_ref().map_or(-1, |m| m.offset() as i64));
-    match best {
-        Some((_, Some(miss))) => miss_error(object, function, miss),
-        Some((address, None)) => VerifyError::NotInImage {
-            path: target.image.path.display().to_string(),
-            function: function.to_owned(),
-            address,
-        },
-        None => VerifyError::NotInKernel {
-            object: object.to_owned(),
-            function: function.to_owned(),
-        },
-    }
-}
-
 fn miss_error(object: &str, function: &str, miss: Miss) -> VerifyError {
     match miss {
         Miss::Instruction {
@@ -369,169 +647,5 @@ fn miss_error(object: &str, function: &str, miss: Miss) -> VerifyError {
             ours,
             theirs,
         },
-    }
-}
-
-/// Verifies `functions` of `orig` against the target's module `.ko`. The
-/// module is relocatable too: its references to other sections are
-/// relocations, compared by what they reach; the assembler resolved those
-/// within its one `.text` in place, as in vmlinux. `sympos` counts in the
-/// module's own order.
-pub fn verify_module(
-    orig: &Object,
-    functions: &[SymbolId],
-    module: &graft_target::ModuleFile,
-) -> Result<Verified, VerifyError> {
-    let object = orig.path.display().to_string();
-    let ko = &module.object;
-    let listed = module.kallsyms();
-    let sympos_of = |name: &str, value: u64| -> Option<u32> {
-        let same: Vec<_> = listed.iter().filter(|e| e.name == name).collect();
-        let pos = same.iter().position(|e| e.address == value)?;
-        Some(if same.len() == 1 { 0 } else { pos as u32 + 1 })
-    };
-    let in_module = |name: &str| format!("{name} (module {})", module.name);
-    let mut out = Verified::default();
-    let mut slots: Vec<Option<Match>> = Vec::new();
-    let mut undecided = Vec::new();
-    // The module's functions by section and address: what `choose` walks.
-    let mut table: Vec<&graft_elf::Symbol> = ko.functions().collect();
-    table.sort_by_key(|s| (s.section.map(|s| s.0), s.value));
-    for &f in functions {
-        let sym = orig.symbol(f);
-        let ours = Ours::new(orig, f).ok_or_else(|| VerifyError::Unreadable {
-            object: object.clone(),
-            function: sym.name.clone(),
-        })?;
-        let candidates: Vec<usize> = (0..table.len())
-            .filter(|&i| table[i].name == sym.name)
-            .collect();
-        if candidates.is_empty() {
-            return Err(VerifyError::NotInKernel {
-                object,
-                function: in_module(&sym.name),
-            });
-        }
-        let mut matched = Vec::new();
-        let mut best: Option<Miss> = None;
-        for &i in &candidates {
-            let k = table[i];
-            let ksec = ko.section(k.section.expect("defined"));
-            let Some(code) = ksec
-                .data
-                .get(k.value as usize..k.value.saturating_add(k.size) as usize)
-            else {
-                continue;
-            };
-            let theirs = Theirs {
-                code,
-                ip: k.value,
-                size: Some(k.size),
-                resolver: Resolver::Relocatable {
-                    obj: ko,
-                    section: ksec,
-                },
-            };
-            match walk::walk(&ours, &theirs) {
-                Ok(m) => matched.push((i, m)),
-                Err(m) => {
-                    if best.as_ref().is_none_or(|b| m.offset() > b.offset()) {
-                        best = Some(m);
-                    }
-                }
-            }
-        }
-        match matched.len() {
-            0 => {
-                return Err(match best {
-                    Some(m) => miss_error(&object, &in_module(&sym.name), m),
-                    None => VerifyError::NotInKernel {
-                        object,
-                        function: in_module(&sym.name),
-                    },
-                })
-            }
-            1 => {
-                let (i, m) = &matched[0];
-                slots.push(Some(module_match(&mut out, &sympos_of, table[*i], m, None)));
-            }
-            _ => {
-                slots.push(None);
-                undecided.push(Undecided {
-                    slot: slots.len() - 1,
-                    function: f,
-                    matched,
-                });
-            }
-        }
-    }
-    if !undecided.is_empty() {
-        let entries: Vec<choose::Entry<'_>> = table
-            .iter()
-            .map(|s| choose::Entry {
-                name: &s.name,
-                code: true,
-                group: s.section.map_or(0, |s| s.0),
-            })
-            .collect();
-        let proven: Vec<(String, u64)> = slots
-            .iter()
-            .flatten()
-            .map(|m| (m.function.clone(), m.address))
-            .collect();
-        let certain = |i: usize| {
-            let s = table[i];
-            table.iter().filter(|t| t.name == s.name).count() == 1
-                || proven.iter().any(|(n, a)| *n == s.name && *a == s.value)
-        };
-        for u in undecided {
-            let name = &orig.symbol(u.function).name;
-            let positions: Vec<usize> = u.matched.iter().map(|m| m.0).collect();
-            let (order, me) = choose::layout(orig, u.function);
-            let Some((k, place)) = choose::pick(&entries, &positions, &order, me, &certain) else {
-                return Err(VerifyError::Ambiguous {
-                    object,
-                    function: in_module(name),
-                    count: positions.len(),
-                    addresses: addresses(positions.iter().map(|&i| table[i].value)),
-                });
-            };
-            let (i, m) = &u.matched[k];
-            let ksym = table[*i];
-            let sympos = sympos_of(&ksym.name, ksym.value).unwrap_or(0);
-            let note = choice_note(
-                &object,
-                &u.matched.iter().map(|m| &m.1).collect::<Vec<_>>(),
-                ksym.value,
-                sympos,
-                &place,
-            );
-            slots[u.slot] = Some(module_match(&mut out, &sympos_of, ksym, m, Some(note)));
-        }
-    }
-    out.functions = slots.into_iter().flatten().collect();
-    Ok(out)
-}
-
-/// Records a module match, and the `sympos` of what its code reaches.
-fn module_match(
-    out: &mut Verified,
-    sympos_of: &dyn Fn(&str, u64) -> Option<u32>,
-    k: &graft_elf::Symbol,
-    m: &Matched,
-    choice: Option<String>,
-) -> Match {
-    let sympos = sympos_of(&k.name, k.value).unwrap_or(0);
-    out.sympos.insert(k.name.clone(), sympos);
-    for (name, value) in &m.seen {
-        if let Some(p) = sympos_of(name, *value) {
-            out.sympos.insert(name.clone(), p);
-        }
-    }
-    Match {
-        function: k.name.clone(),
-        address: k.value,
-        sympos,
-        choice,
     }
 }

@@ -289,6 +289,27 @@ fn is_branch(i: &Instruction) -> bool {
     i.op_count() == 1 && i.op0_kind() == OpKind::NearBranch64
 }
 
+/// A pair of instructions `step` compares: ours (`a`, at offset `at` of our
+/// copy) and the target's (`b`), their constant offsets, and the
+/// relocations within each.
+#[derive(Clone, Copy)]
+struct Pair<'p, 'a> {
+    a: &'p Instruction,
+    b: &'p Instruction,
+    ao: &'p ConstantOffsets,
+    bo: &'p ConstantOffsets,
+    at: u64,
+    ar: &'a [Reloc],
+    br: &'a [Reloc],
+}
+
+/// Marks `width` bytes from `lo` as compared elsewhere.
+fn mask(masked: &mut [bool], lo: u64, width: u64) {
+    for m in masked.iter_mut().skip(lo as usize).take(width as usize) {
+        *m = true;
+    }
+}
+
 impl<'a> Walker<'_, 'a> {
     /// The earliest difference: `m`, or a branch before it whose target,
     /// already paired, is not where ours goes.
@@ -330,6 +351,10 @@ impl<'a> Walker<'_, 'a> {
         self.theirs.ip + to
     }
 
+    /// Compares our instruction `a` with the target's `b`, paired at the
+    /// same place of the walk: a NOP objtool made of our jump, a branch
+    /// (whose encoding may differ), or any other instruction, equal but for
+    /// what its relocations reach.
     fn step(
         &mut self,
         a: &Instruction,
@@ -337,61 +362,99 @@ impl<'a> Walker<'_, 'a> {
         ao: &ConstantOffsets,
         bo: &ConstantOffsets,
     ) -> Result<(), Miss> {
-        let at = a.ip() - self.ours.start;
-        let ar = self.ours.relocs_in(a);
-        let br = self.their_relocs(b);
-        if a.mnemonic() == Mnemonic::Jmp
-            && b.mnemonic() == Mnemonic::Nop
-            && br.is_empty()
-            && self.ours.nop_sites.contains(&a.ip())
-        {
+        let p = Pair {
+            a,
+            b,
+            ao,
+            bo,
+            at: a.ip() - self.ours.start,
+            ar: self.ours.relocs_in(a),
+            br: self.their_relocs(b),
+        };
+        if self.objtool_nop(&p) {
             // objtool made the kernel's copy a NOP of the jump's length; the
             // branch target is code of the function, walked all the same.
             return Ok(());
         }
         if is_branch(a) {
-            if !is_branch(b) || a.mnemonic() != b.mnemonic() {
-                return Err(self.differ(a, b));
-            }
-            // Short against near is the one difference allowed; in the same
-            // form, the bytes (prefixes, opcode) before the displacement,
-            // which iced reports as the immediate, must be equal.
-            if a.len() == b.len() {
-                let head = ao.immediate_offset().min(a.len());
-                let at = at as usize;
-                if Some(&self.ours.code[at..at + head]) != self.their_bytes(b, b.len()).get(..head)
-                {
-                    return Err(self.differ(a, b));
-                }
-            }
-            match ar {
-                [] if br.is_empty() => {
-                    let ours = a.near_branch_target().wrapping_sub(self.ours.start) as i64;
-                    if (0..=self.ours.code.len() as i64).contains(&ours) {
-                        self.locals.push(Local {
-                            at,
-                            a: *a,
-                            b: *b,
-                            ours,
-                            theirs: b.near_branch_target().wrapping_sub(self.theirs.ip) as i64,
-                        });
-                        return Ok(());
-                    }
-                    // Another function of our section: functions placed in
-                    // a section by attribute (`noinstr`, `__sched`) share it
-                    // even under -ffunction-sections.
-                    return self.neighbour(a, b).map_err(|_| self.differ(a, b));
-                }
-                [r] if matches!(r.r_type, R_X86_64_PC32 | R_X86_64_PLT32)
-                    && r.offset + 4 == a.next_ip() =>
-                {
-                    return self.branch(a, b, r, br).map_err(|_| self.differ(a, b));
-                }
-                _ if a.len() != b.len() => return Err(self.differ(a, b)),
-                // An unusual relocation in a branch: compared exactly below.
-                _ => {}
+            if let Some(done) = self.compare_branch(&p) {
+                return done;
             }
         }
+        self.compare_exact(&p)
+    }
+
+    /// Whether the target's `b` is the NOP objtool wrote over our jump `a`.
+    fn objtool_nop(&self, p: &Pair<'_, '_>) -> bool {
+        p.a.mnemonic() == Mnemonic::Jmp
+            && p.b.mnemonic() == Mnemonic::Nop
+            && p.br.is_empty()
+            && self.ours.nop_sites.contains(&p.a.ip())
+    }
+
+    /// Our branch `a` against `b`: the same kind of branch, reaching the
+    /// same place (within the function, checked once both are paired), the
+    /// same neighbour or the same symbol. `None`: an unusual relocation in
+    /// the branch, left for the exact comparison.
+    fn compare_branch(&mut self, p: &Pair<'_, '_>) -> Option<Result<(), Miss>> {
+        let Pair {
+            a,
+            b,
+            ao,
+            at,
+            ar,
+            br,
+            ..
+        } = *p;
+        if !is_branch(b) || a.mnemonic() != b.mnemonic() {
+            return Some(Err(self.differ(a, b)));
+        }
+        // Short against near is the one difference allowed; in the same
+        // form, the bytes (prefixes, opcode) before the displacement,
+        // which iced reports as the immediate, must be equal.
+        if a.len() == b.len() {
+            let head = ao.immediate_offset().min(a.len());
+            let at = at as usize;
+            if Some(&self.ours.code[at..at + head]) != self.their_bytes(b, b.len()).get(..head) {
+                return Some(Err(self.differ(a, b)));
+            }
+        }
+        match ar {
+            [] if br.is_empty() => {
+                let ours = a.near_branch_target().wrapping_sub(self.ours.start) as i64;
+                if (0..=self.ours.code.len() as i64).contains(&ours) {
+                    self.locals.push(Local {
+                        at,
+                        a: *a,
+                        b: *b,
+                        ours,
+                        theirs: b.near_branch_target().wrapping_sub(self.theirs.ip) as i64,
+                    });
+                    return Some(Ok(()));
+                }
+                // Another function of our section: functions placed in
+                // a section by attribute (`noinstr`, `__sched`) share it
+                // even under -ffunction-sections.
+                Some(self.neighbour(a, b).map_err(|_| self.differ(a, b)))
+            }
+            [r] if matches!(r.r_type, R_X86_64_PC32 | R_X86_64_PLT32)
+                && r.offset + 4 == a.next_ip() =>
+            {
+                Some(self.branch(a, b, r, br).map_err(|_| self.differ(a, b)))
+            }
+            _ if a.len() != b.len() => Some(Err(self.differ(a, b))),
+            // An unusual relocation in a branch: compared exactly.
+            _ => None,
+        }
+    }
+
+    /// `a` against `b` byte for byte, but for the fields relocations fill
+    /// (each compared by what it reaches) and a RIP-relative operand within
+    /// the function (compared as a local branch).
+    fn compare_exact(&mut self, p: &Pair<'_, '_>) -> Result<(), Miss> {
+        let Pair {
+            a, b, at, ar, br, ..
+        } = *p;
         if a.len() != b.len() || a.code() != b.code() {
             return Err(self.differ(a, b));
         }
@@ -401,39 +464,13 @@ impl<'a> Walker<'_, 'a> {
             self.their_bytes(b, bn),
         );
         let mut masked = vec![false; an];
-        let mut mask = |lo: u64, width: u64| {
-            for m in masked.iter_mut().skip(lo as usize).take(width as usize) {
-                *m = true;
-            }
-        };
         for r in ar {
-            mask(r.offset - a.ip(), reloc_width(r.r_type));
+            mask(&mut masked, r.offset - a.ip(), reloc_width(r.r_type));
         }
         for q in br {
-            mask(q.offset - b.ip(), reloc_width(q.r_type));
+            mask(&mut masked, q.offset - b.ip(), reloc_width(q.r_type));
         }
-        // A RIP-relative operand within the function's own section moves
-        // with the code, like a local branch.
-        let local_rip = a.is_ip_rel_memory_operand()
-            && b.is_ip_rel_memory_operand()
-            && ao.has_displacement()
-            && ao.displacement_offset() == bo.displacement_offset()
-            && !ar
-                .iter()
-                .any(|r| r.offset - a.ip() == ao.displacement_offset() as u64);
-        if local_rip && br.is_empty() {
-            mask(
-                ao.displacement_offset() as u64,
-                ao.displacement_size() as u64,
-            );
-            self.locals.push(Local {
-                at,
-                a: *a,
-                b: *b,
-                ours: a.ip_rel_memory_address().wrapping_sub(self.ours.start) as i64,
-                theirs: b.ip_rel_memory_address().wrapping_sub(self.theirs.ip) as i64,
-            });
-        }
+        self.local_rip(p, &mut masked);
         if (0..an).any(|i| !masked[i] && abytes[i] != bbytes.get(i).copied().unwrap_or(!abytes[i]))
         {
             return Err(self.differ(a, b));
@@ -448,6 +485,42 @@ impl<'a> Walker<'_, 'a> {
             self.field(a, b, r, k, bbytes)?;
         }
         Ok(())
+    }
+
+    /// A RIP-relative operand within the function's own section moves with
+    /// the code, like a local branch: its field is masked, and where it
+    /// leads is checked once both copies are paired.
+    fn local_rip(&mut self, p: &Pair<'_, '_>, masked: &mut [bool]) {
+        let Pair {
+            a,
+            b,
+            ao,
+            bo,
+            at,
+            ar,
+            br,
+        } = *p;
+        let local_rip = a.is_ip_rel_memory_operand()
+            && b.is_ip_rel_memory_operand()
+            && ao.has_displacement()
+            && ao.displacement_offset() == bo.displacement_offset()
+            && !ar
+                .iter()
+                .any(|r| r.offset - a.ip() == ao.displacement_offset() as u64);
+        if local_rip && br.is_empty() {
+            mask(
+                masked,
+                ao.displacement_offset() as u64,
+                ao.displacement_size() as u64,
+            );
+            self.locals.push(Local {
+                at,
+                a: *a,
+                b: *b,
+                ours: a.ip_rel_memory_address().wrapping_sub(self.ours.start) as i64,
+                theirs: b.ip_rel_memory_address().wrapping_sub(self.theirs.ip) as i64,
+            });
+        }
     }
 
     /// Our relocated branch `r` against the target's branch `b`.
