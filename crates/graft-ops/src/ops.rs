@@ -112,23 +112,9 @@ pub fn load(
             hint: "its module_init must call klp_enable_patch()".into(),
         });
     };
-    // What blocks shows on stacks as: the new patch's functions and those of
-    // the patches it may replace (a task can sleep in their new code), the
-    // code of all these modules, and the stub's aliases of new functions.
-    let mut functions = StackMatch::default();
-    for f in patch
-        .functions()
-        .chain(before.patches.iter().flat_map(|p| p.functions()))
-    {
-        functions.add_function(&f.name);
-    }
-    functions.modules.insert(name.clone());
-    functions
-        .modules
-        .extend(before.patches.iter().map(|p| p.name.clone()));
-    functions
-        .names
-        .extend(modinfo::stack_names(ko).unwrap_or_default());
+    // What blocks: the new patch's functions and those of the patches it
+    // may replace (a task can sleep in their new code).
+    let functions = stack_match(std::iter::once(&patch).chain(&before.patches), Some(ko));
     let w = Watch {
         host,
         name: &name,
@@ -201,6 +187,26 @@ pub fn load(
         findings,
         outcome,
     })
+}
+
+/// How a task blocked by `patches` shows on its stack: their functions,
+/// the code of their modules, and the stub's aliases of new functions
+/// (named in `module_file`, when known).
+fn stack_match<'p>(
+    patches: impl Iterator<Item = &'p LoadedPatch>,
+    module_file: Option<&Path>,
+) -> StackMatch {
+    let mut m = StackMatch::default();
+    for p in patches {
+        for f in p.functions() {
+            m.add_function(&f.name);
+        }
+        m.modules.insert(p.name.clone());
+    }
+    if let Some(ko) = module_file {
+        m.names.extend(modinfo::stack_names(ko).unwrap_or_default());
+    }
+    m
 }
 
 /// Reverses the patching transition of `name`, waits for it (never
@@ -427,16 +433,7 @@ pub fn unload(
             busy: busy.name.clone(),
         });
     }
-    let mut functions = StackMatch::default();
-    for f in patch.functions() {
-        functions.add_function(&f.name);
-    }
-    functions.modules.insert(name.to_owned());
-    if let Some(ko) = module_file {
-        functions
-            .names
-            .extend(modinfo::stack_names(ko).unwrap_or_default());
-    }
+    let functions = stack_match(std::iter::once(patch), module_file);
     let start = Instant::now();
     if patch.enabled {
         state::set_enabled(host, name, false)?;

@@ -302,15 +302,29 @@ fn capture(
         }
     }
     c.key = key(headers, &programs(&c));
-    if c.unsupported.is_some() {
-        return Ok(c);
+    if c.unsupported.is_none() {
+        c.unsupported = replay_differs(headers, &c, &dir, &ko, &src, exports)?;
     }
-    let kbuild_ko = fs::read(&ko).map_err(io(format!("cannot read {}", ko.display())))?;
+    Ok(c)
+}
+
+/// Why replaying `c` does not give kbuild's template module `ko` (built in
+/// `dir` from `src`), if it does not: graft's `.mod.c` must be modpost's,
+/// and the module graft links kbuild's, byte for byte.
+fn replay_differs(
+    headers: &Path,
+    c: &Capture,
+    dir: &Path,
+    ko: &Path,
+    src: &ModuleSources<'_>,
+    exports: &dyn Fn(&str) -> Option<Export>,
+) -> Result<Option<String>, KbuildError> {
+    let kbuild_ko = fs::read(ko).map_err(io(format!("cannot read {}", ko.display())))?;
     if has_section(&kbuild_ko, ".BTF") {
-        c.unsupported = Some("kbuild adds BTF to modules built against these headers".into());
-        return Ok(c);
+        return Ok(Some(
+            "kbuild adds BTF to modules built against these headers".into(),
+        ));
     }
-    // graft's .mod.c must be modpost's.
     let object = fs::read(dir.join(format!("{TEMPLATE}.o")))
         .map_err(io("cannot read the template module's object"))?;
     let opts = Options {
@@ -325,14 +339,12 @@ fn capture(
     );
     let theirs = fs::read_to_string(dir.join(format!("{TEMPLATE}.mod.c"))).unwrap_or_default();
     if ours != Ok(ModC::Source(theirs)) {
-        c.unsupported = Some(format!(
+        return Ok(Some(format!(
             "modpost of these headers writes another .mod.c than graft (see {})",
             dir.display()
-        ));
-        return Ok(c);
+        )));
     }
-    // And the module graft links, byte for byte kbuild's.
-    fs::rename(&ko, dir.join("kbuild.ko")).map_err(io("cannot keep kbuild's module"))?;
+    fs::rename(ko, dir.join("kbuild.ko")).map_err(io("cannot keep kbuild's module"))?;
     for f in [
         format!("{TEMPLATE}-stub.o"),
         format!("{TEMPLATE}.o"),
@@ -346,20 +358,16 @@ fn capture(
         headers: headers.to_owned(),
         capture: c.clone(),
     };
-    let ours = match linker.link(&dir, &src, exports)? {
+    let ours = match linker.link(dir, src, exports)? {
         Linked::Module(p) => fs::read(&p).map_err(io(format!("cannot read {}", p.display())))?,
-        Linked::Unsupported(why) => {
-            c.unsupported = Some(why);
-            return Ok(c);
-        }
+        Linked::Unsupported(why) => return Ok(Some(why)),
     };
-    if ours != kbuild_ko {
-        c.unsupported = Some(format!(
+    Ok((ours != kbuild_ko).then(|| {
+        format!(
             "the module graft links differs from kbuild's for these headers (see {})",
             dir.display()
-        ));
-    }
-    Ok(c)
+        )
+    }))
 }
 
 /// The command kbuild recorded for `target` in `dir` (its `.cmd` file), as
