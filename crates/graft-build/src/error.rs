@@ -4,6 +4,14 @@
 
 use serde::Serialize;
 
+/// How the failures a caller may sort by cause begin (the corpus does):
+/// the patched source does not compile…
+pub const DOES_NOT_COMPILE: &str = "the patch does not compile: ";
+/// …a patched file kbuild does not build for the target (`<file> …`)…
+pub const NOT_IN_BUILD: &str = " is not part of this kernel's build";
+/// …or the patch changes no code.
+pub const NO_CODE_CHANGE: &str = "the patch changes no function of the running kernel";
+
 /// One reason the patch cannot become a safe live patch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Refusal {

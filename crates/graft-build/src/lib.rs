@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 pub use buildinfo::headers_release;
-pub use error::{BuildError, Refusal};
+pub use error::{BuildError, Refusal, DOES_NOT_COMPILE, NOT_IN_BUILD, NO_CODE_CHANGE};
 pub use report::{BuildReport, Event, FileReport, HeaderReport};
 pub use target::{Overrides, TargetPaths};
 

@@ -272,7 +272,11 @@ pub fn plan<'a>(
         .iter()
         .all(|p| p.funcs.is_empty() && p.callbacks.is_empty())
     {
-        return Err(anyhow::anyhow!("the patch changes no function of the running kernel (the compiled code is identical); hint: check that the patch is the fix you meant").into());
+        return Err(anyhow::anyhow!(
+            "{} (the compiled code is identical); hint: check that the patch is the fix you meant",
+            crate::error::NO_CODE_CHANGE
+        )
+        .into());
     }
     Ok(plans)
 }

@@ -14,6 +14,7 @@ use graft_kbuild::tree::KernelTree;
 
 use graft_kbuild::index::Index;
 
+use crate::error::{DOES_NOT_COMPILE, NOT_IN_BUILD};
 use crate::{Event, Inputs};
 
 /// FNV-1a, for cache keys.
@@ -184,7 +185,7 @@ impl Workspace {
         for o in &self.sources.objects {
             if index.unit(o).is_none() {
                 bail!(
-                    "{} is not part of this kernel's build (kbuild does not compile it with this config: its option is off, or it is not built for x86-64); hint: a fix to code the kernel does not have needs no live patch",
+                    "{}{NOT_IN_BUILD} (kbuild does not compile it with this config: its option is off, or it is not built for x86-64); hint: a fix to code the kernel does not have needs no live patch",
                     o.trim_end_matches(".o").to_owned() + ".c"
                 );
             }
@@ -329,13 +330,13 @@ impl Workspace {
                 log,
                 ..
             } if what == "the patched source" => anyhow::anyhow!(
-                "the patch does not compile: {first_error}; hint: a fix may need a change it does not carry (a header, another file of the same update), or be written for another kernel version (full output: {})",
+                "{DOES_NOT_COMPILE}{first_error}; hint: a fix may need a change it does not carry (a header, another file of the same update), or be written for another kernel version (full output: {})",
                 log.display()
             ),
             graft_kbuild::KbuildError::Compile {
                 first_error, log, ..
             } => anyhow::anyhow!(
-                "{} is not part of this kernel's build: it does not compile with the target's config ({first_error}); hint: a fix to code the kernel does not build needs no live patch (full output: {})",
+                "{}{NOT_IN_BUILD}: it does not compile with the target's config ({first_error}); hint: a fix to code the kernel does not build needs no live patch (full output: {})",
                 objects
                     .iter()
                     .map(|o| o.trim_end_matches(".o").to_owned() + ".c")

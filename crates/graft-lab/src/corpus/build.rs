@@ -55,7 +55,7 @@ pub struct ItemResult {
 /// The version of the item procedure (how attempts are grouped): a result
 /// an older one left as "does not compile" or an error is redone, the
 /// others stay valid (their builds did not depend on it).
-pub const METHOD: u32 = 4;
+pub const METHOD: u32 = 5;
 
 impl ItemResult {
     /// The item needed headers of the update to compile.

@@ -142,17 +142,15 @@ pub fn classify(code: Option<i32>, stdout: &str, stderr: &str) -> Outcome {
         }
         Some(1) => {
             let message = error_line(stderr);
-            if let Some(e) = between(&message, "compiling the patched source failed: ") {
+            if let Some(e) = between(&message, graft_build::DOES_NOT_COMPILE) {
                 Outcome::DoesNotCompile {
                     first_error: e.to_owned(),
                 }
-            } else if message.contains("is not part of the target kernel's build")
-                || message.contains("is not built into the target kernel")
-            {
+            } else if message.contains(graft_build::NOT_IN_BUILD) {
                 Outcome::NotInKernel {
                     why: format!("graft: {message}"),
                 }
-            } else if message.contains("changes no function of the running kernel") {
+            } else if message.contains(graft_build::NO_CODE_CHANGE) {
                 Outcome::NoCodeChange {
                     why: "the compiled code is identical".into(),
                 }
@@ -241,14 +239,15 @@ mod tests {
 
     #[test]
     fn errors_sorted_into_explained_outcomes() {
-        let c = classify(Some(1), "", "error: compiling the patched source failed: fs/x.c:10:5: error: 'FOO' undeclared; hint: a file that does not compile … (full output: /l)\n");
+        // The texts graft prints today.
+        let c = classify(Some(1), "", "error: the patch does not compile: fs/x.c:10:5: error: 'FOO' undeclared; hint: a fix may need a change it does not carry (full output: /l)\n");
         assert_eq!(
             c,
             Outcome::DoesNotCompile {
                 first_error: "fs/x.c:10:5: error: 'FOO' undeclared".into()
             }
         );
-        let n = classify(Some(1), "", "error: fs/ntfs3/super.c is not part of the target kernel's build (kbuild does not compile it with this config); hint: …\n");
+        let n = classify(Some(1), "", "error: fs/ntfs3/super.c is not part of this kernel's build (kbuild does not compile it with this config); hint: …\n");
         assert!(matches!(n, Outcome::NotInKernel { .. }));
         let s = classify(Some(1), "", "error: the patch changes no function of the running kernel (the compiled code is identical); hint: check\n");
         assert!(matches!(s, Outcome::NoCodeChange { .. }));
