@@ -1,15 +1,15 @@
 //! What the module carries of one changed file ([`graft_klp::include`]) and
 //! the patch object written from it ([`graft_klp::emit`]), on a fixture pair
 //! compiled at test time (`tests/fixtures/plan_emit`): `target_fn` changes
-//! and calls the new static `clamp_new`, logs a string through the exported
-//! `exported_log`, counts in the unexported global `hidden_count`, and still
-//! calls the unchanged static `helper`, which the unchanged `other_user`
-//! calls too. The target kernel is a symbol table and exports written here.
+//! and calls the new static `clamp_new`, logs two strings through the
+//! exported `exported_log`, counts in the unexported global `hidden_count`,
+//! and still calls the unchanged static `helper`, which the unchanged
+//! `other_user` calls too. The target kernel is a symbol table and exports
+//! written here.
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use graft_diff::{ObjectDiff, Verdict};
 use graft_elf::{Binding, Object, Reloc, SectionId, SymKind};
@@ -108,7 +108,33 @@ fn reloc_to<'o>(obj: &'o Object, section: &str, what: &str) -> &'o Reloc {
         .unwrap_or_else(|| panic!("no relocation of {section} reaches {what}"))
 }
 
+/// The second of target_fn's two strings.
 const STRING: &str = "graft fixture: clamped";
+
+/// The offset of [`STRING`] in its section.
+fn string_offset(obj: &Object) -> i64 {
+    let data = &obj.section(string_section(obj, STRING)).data;
+    let at = data
+        .windows(STRING.len())
+        .position(|w| w == STRING.as_bytes())
+        .unwrap() as i64;
+    assert!(
+        at > 0,
+        "the fixture's string is at the start of its section"
+    );
+    at
+}
+
+/// target_fn's relocation that reaches [`STRING`], as the compiler wrote it.
+fn string_reloc(obj: &Object) -> Reloc {
+    let strings = string_section(obj, STRING);
+    let want = graft_elf::RelocTarget::SectionOffset(strings, string_offset(obj));
+    *obj.section(section_id(obj, ".text.target_fn"))
+        .relocs
+        .iter()
+        .find(|r| obj.reloc_target(r) == want)
+        .expect("target_fn references the string")
+}
 
 #[test]
 fn plan_carries_the_changed_function_and_only_what_it_alone_needs() {
@@ -230,17 +256,13 @@ fn plan_links_the_running_kernels_symbols() {
             reloc_to(obj, ".text.target_fn", ".text.clamp_new").addend
         )
     );
-    // The string: its offset in the carried string section.
+    // The string: its offset in the carried string section (not the
+    // section's start: "entering" comes first).
     let strings = string_section(obj, STRING);
-    let at = obj
-        .section(strings)
-        .data
-        .windows(STRING.len())
-        .position(|w| w == STRING.as_bytes())
-        .unwrap() as i64;
+    let r = string_reloc(obj);
     assert_eq!(
-        target(&obj.section(strings).name),
-        Target::Section(strings, at)
+        p.targets.get(&(text, r.offset)),
+        Some(&Target::Section(strings, string_offset(obj)))
     );
     // Every relocation of the carried code is resolved, and none of the
     // uncarried code is.
@@ -438,7 +460,10 @@ fn emit_writes_carried_code_and_links_the_rest() {
         "the call to clamp_new lands elsewhere"
     );
     // The string: the carried string section, at the string.
-    let (o, s, _) = at(&strings);
+    let r = string_reloc(obj);
+    let o = text.relocs.iter().find(|o| o.offset == r.offset).unwrap();
+    assert_eq!(o.r_type, r.r_type);
+    let s = out.symbol(o.symbol);
     assert_eq!(s.kind, SymKind::Section);
     let home = out.section(s.section.expect("defined"));
     assert_eq!(home.name, strings);
