@@ -111,11 +111,12 @@ pub fn core_scenarios_live(lab: &Lab) {
     // annotations it reads. Its return sites and ORC are in the module.
     for (n, ko) in [("binfmt", &binfmt), ("shadow", &shadow)] {
         // graft's replay of kbuild's commands logs each command (`$ …`)
-        // and its output in link.log; a kbuild run logs to make.log.
-        let dir = Path::new(&work(n)).join("module");
-        let log = std::fs::read_to_string(dir.join("link.log"))
-            .or_else(|_| std::fs::read_to_string(dir.join("make.log")))
-            .unwrap_or_else(|e| panic!("{n}: no module link log in {}: {e}", dir.display()));
+        // and its output in module/link.log; where graft leaves the link to
+        // kbuild (6.12's modules carry BTF), module-kbuild/make.log.
+        let w = Path::new(&work(n)).to_owned();
+        let log = std::fs::read_to_string(w.join("module/link.log"))
+            .or_else(|_| std::fs::read_to_string(w.join("module-kbuild/make.log")))
+            .unwrap_or_else(|e| panic!("{n}: no module link log in {}: {e}", w.display()));
         let objtool: Vec<&str> = log
             .lines()
             .filter(|l| l.contains("objtool") && !l.starts_with("$ "))
