@@ -54,6 +54,19 @@ impl Cut {
 pub fn split_shared_sections(obj: &mut Object) -> Result<usize, SplitError> {
     let code = CodeMap::new(obj);
     let mut cuts = find_cuts(obj);
+    // Init code is never patched (a change to it is refused by the differ,
+    // function by function or as the section): an init section the
+    // assembler tied together with short jumps stays whole.
+    let mut keep = Vec::with_capacity(cuts.len());
+    for c in cuts {
+        let one = std::slice::from_ref(&c);
+        match branches_between_pieces(obj, one) {
+            Err(_) if obj.section(c.section).name.starts_with(".init") => {}
+            Err(e) => return Err(e),
+            Ok(_) => keep.push(c),
+        }
+    }
+    cuts = keep;
     if cuts.is_empty() {
         return Ok(0);
     }
