@@ -129,7 +129,10 @@ pub fn watch(
     let mut last_census: Option<Instant> = None;
     let mut last_blocked: Option<Vec<(u32, Option<String>)>> = None;
     loop {
-        let secs = start.elapsed().as_secs_f64();
+        // One reading of the clock per round: the time reported is the
+        // time the decisions below were taken on.
+        let elapsed = start.elapsed();
+        let secs = elapsed.as_secs_f64();
         match state::read_patch(host, name)? {
             // Unpatching ends with the kernel freeing the patch.
             None if !target => return Ok(Watched::Complete { seconds: secs }),
@@ -144,7 +147,7 @@ pub fn watch(
             Some(p) if p.enabled != target => return Ok(Watched::Reversed { seconds: secs }),
             Some(_) => {}
         }
-        let timed_out = start.elapsed() >= opts.timeout;
+        let timed_out = elapsed >= opts.timeout;
         let cancelled = cancel();
         if last_census.is_none_or(|t| t.elapsed() >= opts.census_every) || timed_out || cancelled {
             last_census = Some(Instant::now());
@@ -156,7 +159,7 @@ pub fn watch(
                 total: c.total,
                 seconds: secs,
             });
-            if start.elapsed() >= opts.grace || timed_out || cancelled {
+            if elapsed >= opts.grace || timed_out || cancelled {
                 let blockers = tasks::blockers(host, &c.pending, functions);
                 if timed_out {
                     return Ok(Watched::TimedOut {
