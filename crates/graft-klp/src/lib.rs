@@ -63,7 +63,7 @@ pub struct KlpCallback {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KlpError {
-    #[error("{object}: {function} references {symbol}, which the target kernel's symbol table does not have; hint: the symbol table is from another kernel, or the symbol was inlined or optimized away there")]
+    #[error("{object}: {function} references {symbol}, which the target kernel's symbol table does not have; hint: it may be new in another file of the same fix (give that file's change too), or the symbol table is from another kernel, or the symbol was inlined or optimized away there")]
     MissingSymbol {
         object: String,
         function: String,
