@@ -63,16 +63,15 @@ pub fn read(ws: &Workspace, target: &Target) -> Result<Vec<Unit>> {
         patched.path = PathBuf::from(obj);
         // Functions with an explicit section, one section each (as
         // -ffunction-sections gives every other function).
-        for o in [&mut orig, &mut patched] {
-            graft_diff::prefix::demote(o);
-            graft_diff::split::split_shared_sections(o).map_err(|e| {
-                anyhow::anyhow!(
-                    "{obj}: cannot cut {} into one section per function: {} [rule: explicit-section]; hint: this is a graft limitation",
-                    e.section,
-                    e.what
-                )
-            })?;
-        }
+        graft_diff::prefix::demote(&mut orig);
+        graft_diff::prefix::demote(&mut patched);
+        graft_diff::split::split_pair(&mut orig, &mut patched).map_err(|e| {
+            anyhow::anyhow!(
+                "{obj}: cannot cut {} into one section per function: {} [rule: explicit-section]; hint: this is a graft limitation",
+                e.section,
+                e.what
+            )
+        })?;
         let module = match link {
             Linkage::Module => match graft_target::find_module(&target.paths.modules, obj, &orig) {
                 Ok(m) => Some(m),

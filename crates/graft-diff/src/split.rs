@@ -14,7 +14,7 @@
 //! would have had. Both builds are split the same way before the diff, so
 //! every later pass sees functions in sections of their own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use graft_elf::{Object, Reloc, RelocTarget, SectionId, SymKind, Symbol, SymbolId};
 use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind};
@@ -50,23 +50,74 @@ impl Cut {
 }
 
 /// Splits every code section that holds functions at more than one address.
-/// Returns how many sections were split.
+/// Returns how many sections were split. Init code is never patched (a
+/// change to it is refused by the differ, function by function or as the
+/// section): an init section the assembler tied together with short jumps
+/// stays whole; any other such section is an error.
 pub fn split_shared_sections(obj: &mut Object) -> Result<usize, SplitError> {
-    let code = CodeMap::new(obj);
-    let mut cuts = find_cuts(obj);
-    // Init code is never patched (a change to it is refused by the differ,
-    // function by function or as the section): an init section the
-    // assembler tied together with short jumps stays whole.
-    let mut keep = Vec::with_capacity(cuts.len());
-    for c in cuts {
-        let one = std::slice::from_ref(&c);
-        match branches_between_pieces(obj, one) {
-            Err(_) if obj.section(c.section).name.starts_with(".init") => {}
-            Err(e) => return Err(e),
-            Ok(_) => keep.push(c),
+    let mut leave = HashSet::new();
+    for e in uncuttable(obj) {
+        if !e.section.starts_with(".init") {
+            return Err(e);
+        }
+        leave.insert(e.section);
+    }
+    split_leaving(obj, &leave)
+}
+
+/// Splits both builds of an object alike. A section the assembler tied
+/// together with short jumps between its functions (`.sched.text` of
+/// kernel/sched/core.o) cannot be cut; it stays whole in both builds when
+/// it compiled the same in both (nothing in it is patched), and is an
+/// error only when it differs.
+pub fn split_pair(orig: &mut Object, patched: &mut Object) -> Result<usize, SplitError> {
+    let mut leave = HashSet::new();
+    for e in uncuttable(orig).into_iter().chain(uncuttable(patched)) {
+        if e.section.starts_with(".init") || same_section(orig, patched, &e.section) {
+            leave.insert(e.section);
+        } else {
+            return Err(e);
         }
     }
-    cuts = keep;
+    Ok(split_leaving(orig, &leave)? + split_leaving(patched, &leave)?)
+}
+
+/// The sections of `obj` that hold several functions and cannot be cut.
+fn uncuttable(obj: &Object) -> Vec<SplitError> {
+    find_cuts(obj)
+        .iter()
+        .filter_map(|c| branches_between_pieces(obj, std::slice::from_ref(c)).err())
+        .collect()
+}
+
+/// Whether section `name` has the same bytes and relocations (by target
+/// name) in both objects.
+fn same_section(a: &Object, b: &Object, name: &str) -> bool {
+    let view = |o: &Object| {
+        o.section_by_name(name).map(|s| {
+            let relocs: Vec<_> = s
+                .relocs
+                .iter()
+                .map(|r| {
+                    (
+                        r.offset,
+                        r.r_type,
+                        o.symbol(r.symbol).name.clone(),
+                        r.addend,
+                    )
+                })
+                .collect();
+            (s.size, s.data.clone(), relocs)
+        })
+    };
+    view(a).is_some() && view(a) == view(b)
+}
+
+/// [`split_shared_sections`], leaving the sections named in `leave` whole.
+fn split_leaving(obj: &mut Object, leave: &HashSet<String>) -> Result<usize, SplitError> {
+    let code = CodeMap::new(obj);
+    let mut cuts = find_cuts(obj);
+    cuts.retain(|c| !leave.contains(&obj.section(c.section).name));
     if cuts.is_empty() {
         return Ok(0);
     }

@@ -35,7 +35,13 @@ fn compile(dir: &Path, init: bool, sched: bool) -> Object {
             "__attribute__((noinline))",
         );
     }
-    let c = dir.join(format!("f-{init}-{sched}.c"));
+    gcc(dir, &format!("f-{init}-{sched}"), &src)
+}
+
+/// `src` compiled as `<dir>/<name>.o`, the way the kernel's objects are
+/// (one section per function, kernel code model).
+fn gcc(dir: &Path, name: &str, src: &str) -> Object {
+    let c = dir.join(format!("{name}.c"));
     let o = c.with_extension("o");
     std::fs::write(&c, src).unwrap();
     let st = Command::new("gcc")
@@ -92,4 +98,43 @@ fn another_section_tied_by_a_short_jump_is_refused() {
             .section,
         ".sched.text"
     );
+}
+
+/// Both builds of one object: a section tied by a short jump that compiled
+/// the same in both stays whole in both (the change is elsewhere); one
+/// that differs is refused.
+#[test]
+fn a_tied_section_stays_whole_in_both_builds_when_it_did_not_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut orig = compile(dir.path(), false, true);
+    let mut patched = compile_with(dir.path(), "patched-e", |s| {
+        s.replace("return a(x) + c(x);", "return a(x) + c(x) + 1;")
+    });
+    assert_eq!(graft_diff::split::split_pair(&mut orig, &mut patched), Ok(0));
+    for o in [&orig, &patched] {
+        let sched = o.section_by_name(".sched.text").unwrap();
+        assert_eq!(
+            o.symbols_in(sched.id)
+                .filter(|s| s.kind == graft_elf::SymKind::Func)
+                .count(),
+            2,
+            "both sched functions stay in .sched.text"
+        );
+    }
+    let mut orig = compile(dir.path(), false, true);
+    let mut patched = compile_with(dir.path(), "patched-d", |s| {
+        s.replace("return x * 5 + 7;", "return x * 5 + 9;")
+    });
+    let e = graft_diff::split::split_pair(&mut orig, &mut patched).unwrap_err();
+    assert_eq!(e.section, ".sched.text");
+}
+
+/// The fixture with its sched functions in `.sched.text` and the init
+/// ones in plain sections, after `edit`.
+fn compile_with(dir: &Path, name: &str, edit: impl Fn(&str) -> String) -> Object {
+    let src = edit(&SOURCE.replace(
+        "__attribute__((section(\".init.text\"), noinline))",
+        "__attribute__((noinline))",
+    ));
+    gcc(dir, name, &src)
 }

@@ -33,16 +33,15 @@ pub struct Args {
 pub fn run(a: Args, json: bool) -> Result<()> {
     let mut orig = Object::read(&a.orig)?;
     let mut patched = Object::read(&a.patched)?;
-    for o in [&mut orig, &mut patched] {
-        graft_diff::prefix::demote(o);
-        graft_diff::split::split_shared_sections(o).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot cut {} into one section per function: {}",
-                e.section,
-                e.what
-            )
-        })?;
-    }
+    graft_diff::prefix::demote(&mut orig);
+    graft_diff::prefix::demote(&mut patched);
+    graft_diff::split::split_pair(&mut orig, &mut patched).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot cut {} into one section per function: {}",
+            e.section,
+            e.what
+        )
+    })?;
     let layout = match (&a.tree, &a.layout) {
         (Some(tree), _) => Some(graft_build::probe_layout(tree).map_err(|e| match e {
             graft_build::BuildError::Failed(e) => e,
