@@ -110,7 +110,10 @@ fn a_tied_section_stays_whole_in_both_builds_when_it_did_not_change() {
     let mut patched = compile_with(dir.path(), "patched-e", |s| {
         s.replace("return a(x) + c(x);", "return a(x) + c(x) + 1;")
     });
-    assert_eq!(graft_diff::split::split_pair(&mut orig, &mut patched), Ok(0));
+    assert_eq!(
+        graft_diff::split::split_pair(&mut orig, &mut patched),
+        Ok(0)
+    );
     for o in [&orig, &patched] {
         let sched = o.section_by_name(".sched.text").unwrap();
         assert_eq!(
