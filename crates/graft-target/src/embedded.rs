@@ -522,24 +522,28 @@ mod tests {
         tables_in(Order::Since611, syms, absolute)
     }
 
+    /// The tables read from an image of kernel text at `BASE` and `bytes`
+    /// at `addr`.
+    fn find_in(addr: u64, bytes: &[u8]) -> Result<Vec<KallsymsEntry>, EmbeddedError> {
+        let text = vec![0xcc_u8; 0x100100];
+        read_tables(&[
+            Section {
+                address: BASE,
+                bytes: &text,
+            },
+            Section {
+                address: addr,
+                bytes,
+            },
+        ])
+    }
+
     #[test]
     fn reads_tables_in_the_order_of_6_11() {
         let owned = syms();
         let s: Vec<(u64, &str)> = owned.iter().map(|(a, n)| (*a, n.as_str())).collect();
         let (addr, bytes) = tables_611(&s, &["Afixed_percpu_data"]);
-        let text = vec![0xcc_u8; 0x100100];
-        let find = |bytes: &[u8]| {
-            read_tables(&[
-                Section {
-                    address: BASE,
-                    bytes: &text,
-                },
-                Section {
-                    address: addr,
-                    bytes,
-                },
-            ])
-        };
+        let find = |bytes: &[u8]| find_in(addr, bytes);
         let e = find(&bytes).unwrap();
         assert_eq!(e.len(), owned.len());
         for (got, (a, n)) in e.iter().zip(&owned) {
@@ -566,18 +570,7 @@ mod tests {
         let owned = syms();
         let s: Vec<(u64, &str)> = owned.iter().map(|(a, n)| (*a, n.as_str())).collect();
         let (addr, bytes) = tables(&s, seqs, &["Afixed_percpu_data"]);
-        let text = vec![0xcc_u8; 0x100100];
-        let e = read_tables(&[
-            Section {
-                address: BASE,
-                bytes: &text,
-            },
-            Section {
-                address: addr,
-                bytes: &bytes,
-            },
-        ])
-        .unwrap();
+        let e = find_in(addr, &bytes).unwrap();
         assert_eq!(e.len(), owned.len());
         for (got, (a, n)) in e.iter().zip(&owned) {
             assert_eq!(got.address, *a, "{n}");
@@ -602,19 +595,7 @@ mod tests {
         let owned = syms();
         let s: Vec<(u64, &str)> = owned.iter().map(|(a, n)| (*a, n.as_str())).collect();
         let (addr, bytes) = tables(&s, false, &["Afixed_percpu_data"]);
-        let text = vec![0xcc_u8; 0x100100];
-        let find = |bytes: &[u8]| {
-            read_tables(&[
-                Section {
-                    address: BASE,
-                    bytes: &text,
-                },
-                Section {
-                    address: addr,
-                    bytes,
-                },
-            ])
-        };
+        let find = |bytes: &[u8]| find_in(addr, bytes);
         assert!(find(&bytes).is_ok());
         // Cut anywhere: never a panic, and a cut table is never "found".
         // (The last 16 bytes are unrelated data after the token index.)
