@@ -97,6 +97,7 @@ macro_rules! failed_from {
 }
 failed_from!(
     graft_kbuild::KbuildError,
+    graft_kbuild::record::RecordError,
     graft_target::TargetError,
     graft_verify::VerifyError,
     graft_elf::ElfError,

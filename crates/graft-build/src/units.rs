@@ -51,7 +51,7 @@ impl Unit {
 }
 
 /// Reads both builds of every unit and finds its klp object.
-pub fn read(ws: &Workspace, target: &Target) -> Result<Vec<Unit>> {
+pub fn read(ws: &Workspace, target: &Target) -> Result<Vec<Unit>, BuildError> {
     let mut out = Vec::new();
     for (obj, link) in ws.compiled.iter().zip(&ws.linkage) {
         let orig_path = ws.object_path("orig", obj);
@@ -87,7 +87,9 @@ pub fn read(ws: &Workspace, target: &Target) -> Result<Vec<Unit>> {
                 Err(e) => return Err(e.into()),
             },
             Linkage::BuiltIn => {
-                check_in_kernel(&orig, &target.symbols, obj)?;
+                if let Err(e) = check_in_kernel(&orig, &target.symbols, obj) {
+                    return Err(composite_part(ws, obj)?.unwrap_or(e.into()));
+                }
                 None
             }
         };
@@ -491,6 +493,26 @@ fn to_verify(orig: &Object, patched: &Object, d: &ObjectDiff) -> Vec<SymbolId> {
 }
 
 /// A file whose functions the target kernel does not have is not built into it.
+/// The refusal for `obj` when the kernel's build compiles it as part of a
+/// module another directory's Makefile lists (`drm_kms_helper-y +=
+/// bridge/panel.o`): kbuild's single-object build then compiles it as
+/// built-in code, with other flags than the kernel's, so graft's original
+/// is not the kernel's code. The tree's unit index tells (made once per
+/// tree state; only asked on this error path).
+fn composite_part(ws: &Workspace, obj: &str) -> Result<Option<BuildError>> {
+    let index = ws.index()?;
+    if !index.unit(obj).is_some_and(|u| u.module) {
+        return Ok(None);
+    }
+    let file = obj.trim_end_matches(".o").to_owned() + ".c";
+    Ok(Some(BuildError::Refused(vec![Refusal {
+        rule: "composite-module".into(),
+        message: format!(
+            "{file}: the kernel's build compiles it as part of a module that another directory's Makefile lists, and kbuild's build of the single object compiles it as built-in code with other flags, so graft cannot compile the kernel's code of it [rule: composite-module]; hint: this is a graft limitation: a fix to this file cannot be built yet"
+        ),
+    }])))
+}
+
 fn check_in_kernel(orig: &Object, symbols: &SymbolTable, obj: &str) -> Result<()> {
     let mut any = false;
     for f in orig.functions().filter(|f| {

@@ -158,6 +158,11 @@ impl Workspace {
         })
     }
 
+    /// The tree's unit index (made once per tree state, then read).
+    pub fn index(&self) -> Result<Index> {
+        Ok(cached_index(&self.mirror, &self.sources.tree)?.0)
+    }
+
     pub fn work_dir(&self) -> &Path {
         self.work.path()
     }

@@ -108,6 +108,32 @@ fn c_file_not_built_into_the_target_kernel() {
     );
 }
 
+/// drivers/gpu/drm/bridge/panel.c is part of the drm_kms_helper module,
+/// listed in drivers/gpu/drm/Makefile (`drm_kms_helper-$(CONFIG_DRM_PANEL_BRIDGE)
+/// += bridge/panel.o`): kbuild's single-object build compiles it as
+/// built-in code with other flags than the kernel's. Refused with its rule,
+/// not reported as "not built into the kernel".
+#[test]
+fn part_of_a_module_listed_by_another_directory_is_refused_with_its_rule() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let out = graft(&build_args(
+        &lab,
+        &repo_file("tests/patches/composite-module.patch"),
+        "composite",
+        dir.path(),
+    ));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "exit code; stderr:\n{err}");
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or("");
+    assert!(
+        line.starts_with("error: drivers/gpu/drm/bridge/panel.c: the kernel's build compiles it as part of a module")
+            && line.contains("[rule: composite-module]"),
+        "{err}"
+    );
+    assert!(!dir.path().join("livepatch-composite.ko").exists());
+}
+
 #[test]
 fn patch_that_does_not_compile_says_so_with_the_first_error() {
     let lab = lab();

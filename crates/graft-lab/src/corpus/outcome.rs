@@ -84,6 +84,7 @@ pub fn lift(rule: &str) -> &'static str {
         "too-many-units" => "a cheaper way to find the units whose code a header change alters (compile only units using the changed definitions), or a higher --max-units",
         "unknown-section" | "unreadable-table" => "teach graft-klp the special section",
         "marker" => "fix the patch's graft/kpatch markers",
+        "composite-module" => "compile the file with the command the kernel's build uses for it (the unit index has it), not kbuild's single-object build",
         _ => "see the rule's message",
     }
 }
