@@ -39,6 +39,8 @@ struct Cut {
     pieces: Vec<SectionId>,
     /// Section symbol of each piece.
     symbols: Vec<SymbolId>,
+    /// The branches the assembler resolved between two pieces.
+    branches: Vec<Branch>,
 }
 
 impl Cut {
@@ -55,14 +57,14 @@ impl Cut {
 /// section): an init section the assembler tied together with short jumps
 /// stays whole; any other such section is an error.
 pub fn split_shared_sections(obj: &mut Object) -> Result<usize, SplitError> {
-    let mut leave = HashSet::new();
-    for e in uncuttable(obj) {
-        if !e.section.starts_with(".init") {
-            return Err(e);
-        }
-        leave.insert(e.section);
+    let (cuts, uncuttable) = plan_cuts(obj);
+    if let Some(e) = uncuttable
+        .into_iter()
+        .find(|e| !e.section.starts_with(".init"))
+    {
+        return Err(e);
     }
-    split_leaving(obj, &leave)
+    Ok(cut(obj, cuts))
 }
 
 /// Splits both builds of an object alike. A section the assembler tied
@@ -71,23 +73,37 @@ pub fn split_shared_sections(obj: &mut Object) -> Result<usize, SplitError> {
 /// it compiled the same in both (nothing in it is patched), and is an
 /// error only when it differs.
 pub fn split_pair(orig: &mut Object, patched: &mut Object) -> Result<usize, SplitError> {
+    let (mut orig_cuts, orig_bad) = plan_cuts(orig);
+    let (mut patched_cuts, patched_bad) = plan_cuts(patched);
     let mut leave = HashSet::new();
-    for e in uncuttable(orig).into_iter().chain(uncuttable(patched)) {
+    for e in orig_bad.into_iter().chain(patched_bad) {
         if e.section.starts_with(".init") || same_section(orig, patched, &e.section) {
             leave.insert(e.section);
         } else {
             return Err(e);
         }
     }
-    Ok(split_leaving(orig, &leave)? + split_leaving(patched, &leave)?)
+    orig_cuts.retain(|c| !leave.contains(&orig.section(c.section).name));
+    patched_cuts.retain(|c| !leave.contains(&patched.section(c.section).name));
+    Ok(cut(orig, orig_cuts) + cut(patched, patched_cuts))
 }
 
-/// The sections of `obj` that hold several functions and cannot be cut.
-fn uncuttable(obj: &Object) -> Vec<SplitError> {
-    find_cuts(obj)
-        .iter()
-        .filter_map(|c| branches_between_pieces(obj, std::slice::from_ref(c)).err())
-        .collect()
+/// The sections of `obj` to cut, each with the branches between its
+/// pieces, and the sections that cannot be cut (a short branch between two
+/// functions).
+fn plan_cuts(obj: &Object) -> (Vec<Cut>, Vec<SplitError>) {
+    let mut cuts = Vec::new();
+    let mut uncuttable = Vec::new();
+    for mut c in find_cuts(obj) {
+        match branches_between_pieces(obj, &c) {
+            Ok(b) => {
+                c.branches = b;
+                cuts.push(c);
+            }
+            Err(e) => uncuttable.push(e),
+        }
+    }
+    (cuts, uncuttable)
 }
 
 /// Whether section `name` has the same bytes and relocations (by target
@@ -113,25 +129,23 @@ fn same_section(a: &Object, b: &Object, name: &str) -> bool {
     view(a).is_some() && view(a) == view(b)
 }
 
-/// [`split_shared_sections`], leaving the sections named in `leave` whole.
-fn split_leaving(obj: &mut Object, leave: &HashSet<String>) -> Result<usize, SplitError> {
-    let code = CodeMap::new(obj);
-    let mut cuts = find_cuts(obj);
-    cuts.retain(|c| !leave.contains(&obj.section(c.section).name));
+/// Cuts `obj` as `cuts` say; returns how many sections were cut.
+fn cut(obj: &mut Object, mut cuts: Vec<Cut>) -> usize {
     if cuts.is_empty() {
-        return Ok(0);
+        return 0;
     }
+    // Decoded only when something is cut: most objects have nothing to.
+    let code = CodeMap::new(obj);
     assign_ids(obj, &mut cuts);
     retarget_references(obj, &cuts, &code);
-    let branches = branches_between_pieces(obj, &cuts)?;
     make_pieces(obj, &mut cuts);
-    add_branch_relocations(obj, &cuts, branches);
-    Ok(cuts.len())
+    add_branch_relocations(obj, &cuts);
+    cuts.len()
 }
 
-/// A resolved branch between two pieces: (cut, field offset in the
-/// section, target offset, instruction end).
-type Branch = (usize, u64, u64, u64);
+/// A resolved branch between two pieces: (field offset in the section,
+/// target offset, instruction end).
+type Branch = (u64, u64, u64);
 
 /// The sections to cut, and where: at every function start.
 fn find_cuts(obj: &Object) -> Vec<Cut> {
@@ -158,6 +172,7 @@ fn find_cuts(obj: &Object) -> Vec<Cut> {
             starts,
             pieces: Vec::new(),
             symbols: Vec::new(),
+            branches: Vec::new(),
         });
     }
     cuts
@@ -224,45 +239,41 @@ fn retarget_references(obj: &mut Object, cuts: &[Cut], code: &CodeMap) {
     }
 }
 
-/// Branches the assembler resolved between two pieces (a short one cannot
-/// become a relocation: refused).
-fn branches_between_pieces(obj: &Object, cuts: &[Cut]) -> Result<Vec<Branch>, SplitError> {
+/// Branches the assembler resolved between two pieces of `c` (a short one
+/// cannot become a relocation: an error).
+fn branches_between_pieces(obj: &Object, c: &Cut) -> Result<Vec<Branch>, SplitError> {
     let mut branches: Vec<Branch> = Vec::new();
-    for (ci, c) in cuts.iter().enumerate() {
-        let s = obj.section(c.section);
-        let mut d = Decoder::with_ip(64, &s.data, 0, DecoderOptions::NONE);
-        let mut insn = Instruction::default();
-        while d.can_decode() {
-            d.decode_out(&mut insn);
-            if !matches!(
-                insn.op0_kind(),
-                OpKind::NearBranch32 | OpKind::NearBranch64 | OpKind::NearBranch16
-            ) {
-                continue;
-            }
-            let (from, to) = (insn.ip(), insn.near_branch_target());
-            if to >= s.size || c.piece_of(from) == c.piece_of(to) {
-                continue;
-            }
-            let offsets = d.get_constant_offsets(&insn);
-            let field = from + offsets.immediate_offset() as u64;
-            let size = offsets.immediate_size() as u64;
-            if !s.relocs_in(field, field + size).is_empty() {
-                continue; // the assembler left it to the linker: already a relocation
-            }
-            if size != 4 {
-                return Err(SplitError {
-                    section: s.name.clone(),
-                    what: format!(
-                        "a {}-byte jump at +{from:#x} crosses from one function to the next, which no relocation can express",
-                        size
-                    ),
-                });
-            }
-            branches.push((ci, field, to, insn.next_ip()));
+    let s = obj.section(c.section);
+    let mut d = Decoder::with_ip(64, &s.data, 0, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    while d.can_decode() {
+        d.decode_out(&mut insn);
+        if !matches!(
+            insn.op0_kind(),
+            OpKind::NearBranch32 | OpKind::NearBranch64 | OpKind::NearBranch16
+        ) {
+            continue;
         }
+        let (from, to) = (insn.ip(), insn.near_branch_target());
+        if to >= s.size || c.piece_of(from) == c.piece_of(to) {
+            continue;
+        }
+        let offsets = d.get_constant_offsets(&insn);
+        let field = from + offsets.immediate_offset() as u64;
+        let size = offsets.immediate_size() as u64;
+        if !s.relocs_in(field, field + size).is_empty() {
+            continue; // the assembler left it to the linker: already a relocation
+        }
+        if size != 4 {
+            return Err(SplitError {
+                section: s.name.clone(),
+                what: format!(
+                    "a {size}-byte jump at +{from:#x} crosses from one function to the next, which no relocation can express"
+                ),
+            });
+        }
+        branches.push((field, to, insn.next_ip()));
     }
-
     Ok(branches)
 }
 
@@ -338,21 +349,18 @@ fn make_pieces(obj: &mut Object, cuts: &mut [Cut]) {
 }
 
 /// In-place branches between pieces become relocations.
-fn add_branch_relocations(obj: &mut Object, cuts: &[Cut], branches: Vec<Branch>) {
-    for (ci, field, to, end) in branches {
-        let c = &cuts[ci];
-        let (from_piece, to_piece) = (c.piece_of(field), c.piece_of(to));
-        let addend = (to - c.starts[to_piece]) as i64 - (end - field) as i64;
-        let r = Reloc {
-            offset: field - c.starts[from_piece],
-            r_type: R_X86_64_PC32,
-            symbol: c.symbols[to_piece],
-            addend,
-        };
-        let relocs = &mut obj.sections[c.pieces[from_piece].0].relocs;
-        relocs.push(r);
-    }
+fn add_branch_relocations(obj: &mut Object, cuts: &[Cut]) {
     for c in cuts {
+        for &(field, to, end) in &c.branches {
+            let (from_piece, to_piece) = (c.piece_of(field), c.piece_of(to));
+            let addend = (to - c.starts[to_piece]) as i64 - (end - field) as i64;
+            obj.sections[c.pieces[from_piece].0].relocs.push(Reloc {
+                offset: field - c.starts[from_piece],
+                r_type: R_X86_64_PC32,
+                symbol: c.symbols[to_piece],
+                addend,
+            });
+        }
         for p in &c.pieces {
             obj.sections[p.0].relocs.sort_by_key(|r| r.offset);
         }
