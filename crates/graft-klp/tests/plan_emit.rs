@@ -74,6 +74,19 @@ fn plan<'a>(
     graft_klp::include::plan(patched, diff, &resolver, 0)
 }
 
+/// The plan against the fake kernel (`KALLSYMS`, `SYMVERS`), with no
+/// positions proven by verification.
+fn plan_for_the_kernel<'a>(pair: &'a common::Pair, d: &ObjectDiff) -> Plan<'a> {
+    plan(
+        &pair.patched,
+        d,
+        &common::symbols(KALLSYMS),
+        &common::exports(SYMVERS),
+        &BTreeMap::new(),
+    )
+    .expect("plan")
+}
+
 fn section_id(obj: &Object, name: &str) -> SectionId {
     obj.section_by_name(name)
         .unwrap_or_else(|| panic!("{} has no section {name}", obj.path.display()))
@@ -153,14 +166,7 @@ fn plan_carries_the_changed_function_and_only_what_it_alone_needs() {
     assert_eq!(verdict("helper"), Verdict::Same);
     assert_eq!(verdict("other_user"), Verdict::Same);
 
-    let p = plan(
-        &pair.patched,
-        &d,
-        &common::symbols(KALLSYMS),
-        &common::exports(SYMVERS),
-        &BTreeMap::new(),
-    )
-    .expect("plan");
+    let p = plan_for_the_kernel(&pair, &d);
     let obj = &pair.patched;
     let strings = string_section(obj, STRING);
     let carried: BTreeSet<&str> = p
@@ -209,14 +215,7 @@ fn plan_carries_the_changed_function_and_only_what_it_alone_needs() {
 fn plan_links_the_running_kernels_symbols() {
     let pair = common::pair(FIXTURE);
     let d = diff(&pair);
-    let p = plan(
-        &pair.patched,
-        &d,
-        &common::symbols(KALLSYMS),
-        &common::exports(SYMVERS),
-        &BTreeMap::new(),
-    )
-    .expect("plan");
+    let p = plan_for_the_kernel(&pair, &d);
     let obj = &pair.patched;
     let text = section_id(obj, ".text.target_fn");
     let target = |what: &str| {
@@ -342,14 +341,7 @@ fn plan_refuses_a_symbol_the_kernel_lacks() {
 fn emit_writes_carried_code_and_links_the_rest() {
     let pair = common::pair(FIXTURE);
     let d = diff(&pair);
-    let p = plan(
-        &pair.patched,
-        &d,
-        &common::symbols(KALLSYMS),
-        &common::exports(SYMVERS),
-        &BTreeMap::new(),
-    )
-    .expect("plan");
+    let p = plan_for_the_kernel(&pair, &d);
     let specials = graft_klp::special::filter(&p).expect("special sections");
     let bytes = graft_klp::emit::write(&p, &specials).expect("patch object");
     let out = Object::parse(&bytes, std::path::Path::new("patch.o")).expect("graft-elf reads it");
