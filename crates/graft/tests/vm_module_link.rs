@@ -29,19 +29,15 @@ fn build(
     name: &str,
     out: &Path,
 ) -> (PathBuf, serde_json::Value) {
-    let mut args = build_args(
+    let (ko, s) = build_ok_with(
         lab,
-        &repo_file(&format!("tests/patches/{patch}")),
+        patch,
         name,
         out,
+        &["--keep-work".into(), out.join("work").into()],
     );
-    args.insert(0, "--json".into());
-    args.extend(["--keep-work".into(), out.join("work").into()]);
-    let o = graft(&args);
-    assert!(o.status.success(), "graft build {patch}:\n{}", stderr(&o));
-    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(s["module_linked_by"], "graft", "{s}");
-    (out.join(format!("livepatch-{name}.ko")), s)
+    (ko, s)
 }
 
 /// What the kernel's module loader reads of a module: every allocated

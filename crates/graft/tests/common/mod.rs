@@ -97,6 +97,17 @@ pub fn patch_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 /// Builds `tests/patches/<patch>` as patch `name` for the lab's kernel;
 /// returns the module path and the JSON summary.
 pub fn build_ok(lab: &Lab, patch: &str, name: &str, out: &Path) -> (PathBuf, serde_json::Value) {
+    build_ok_with(lab, patch, name, out, &[])
+}
+
+/// [`build_ok`] with `extra` arguments to `graft build`.
+pub fn build_ok_with(
+    lab: &Lab,
+    patch: &str,
+    name: &str,
+    out: &Path,
+    extra: &[std::ffi::OsString],
+) -> (PathBuf, serde_json::Value) {
     let mut args = build_args(
         lab,
         &repo_file(&format!("tests/patches/{patch}")),
@@ -104,6 +115,7 @@ pub fn build_ok(lab: &Lab, patch: &str, name: &str, out: &Path) -> (PathBuf, ser
         out,
     );
     args.insert(0, "--json".into());
+    args.extend(extra.iter().cloned());
     let built = graft(&args);
     assert!(
         built.status.success(),
