@@ -108,7 +108,7 @@ fn plan_cuts(obj: &Object) -> (Vec<Cut>, Vec<SplitError>) {
 
 /// Whether section `name` has the same bytes and relocations (by target
 /// name) in both objects.
-fn same_section(a: &Object, b: &Object, name: &str) -> bool {
+pub fn same_section(a: &Object, b: &Object, name: &str) -> bool {
     let view = |o: &Object| {
         o.section_by_name(name).map(|s| {
             let relocs: Vec<_> = s
