@@ -184,12 +184,7 @@ impl Refuser<'_, '_> {
         let refuse = |s: &str, r: Rule| self.refuse(s, r);
         for c in diff.included_functions() {
             if is_init_section(&c.section) {
-                out.push(refuse(
-                    &c.name,
-                    Rule::InitCode {
-                        section: c.section.clone(),
-                    },
-                ));
+                out.push(refuse(&c.name, init_code(&c.section)));
                 continue;
             }
             // The hook that matters is the running kernel's: livepatch
@@ -223,12 +218,7 @@ impl Refuser<'_, '_> {
                 continue;
             };
             if is_init_section(&c.section) {
-                out.push(refuse(
-                    &c.name,
-                    Rule::InitCode {
-                        section: c.section.clone(),
-                    },
-                ));
+                out.push(refuse(&c.name, init_code(&c.section)));
                 continue;
             }
             let sec = patched.section(c.section_id);
@@ -470,4 +460,11 @@ pub fn has_fentry(obj: &Object, id: SymbolId) -> bool {
         .relocs_in(sym.value, sym.value.saturating_add(16))
         .iter()
         .any(|r| obj.symbol(r.symbol).name == "__fentry__")
+}
+
+/// The rule a change to code or data in `section` (an init section) breaks.
+fn init_code(section: &str) -> Rule {
+    Rule::InitCode {
+        section: section.to_owned(),
+    }
 }
