@@ -50,12 +50,22 @@ pub struct Inputs {
     pub keep_work: Option<PathBuf>,
     /// The most translation units a header change may make graft compile.
     pub max_units: usize,
+    /// Compile every includer of a changed header, without first reading
+    /// which ones the change can alter.
+    pub compile_all_includers: bool,
 }
 
 /// [`Inputs::max_units`] unless told otherwise: a header change reaching
 /// more units than this takes longer than an operator expects of a fix
 /// (each unit is compiled twice).
 pub const DEFAULT_MAX_UNITS: usize = 200;
+
+/// How many includers of changed headers graft reads (preprocesses before
+/// and after) to find those whose code changes, for a `max_units` compile
+/// budget: reading a unit costs about a twentieth of compiling it.
+pub fn read_limit(max_units: usize) -> usize {
+    max_units.saturating_mul(20)
+}
 
 /// Builds the live patch `inputs` describe.
 pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildReport, BuildError> {
@@ -75,6 +85,9 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
         // A changed layout refuses the build before every includer of a
         // header is compiled (the diff reports it too, with the rest).
         units::check_layouts(&ws)?;
+        if !inputs.compile_all_includers {
+            ws.narrow(read_limit(inputs.max_units), progress)?;
+        }
         check_unit_count(&ws, inputs.max_units)?;
     }
     let all = ws.units.clone();
@@ -125,6 +138,9 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
             .map(|(h, u)| HeaderReport {
                 header: h.clone(),
                 units: u.clone(),
+                compiled: ws
+                    .narrowed
+                    .then(|| u.iter().filter(|u| ws.units.contains(u)).cloned().collect()),
             })
             .collect(),
         index_seconds: ws.index_seconds,
@@ -133,7 +149,8 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
     })
 }
 
-/// A header included by more units than `max` is refused as a limitation,
+/// A header change whose includers (those whose code it can alter, when
+/// graft could read them) are more than `max` is refused as a limitation,
 /// naming the count and the way to lift it.
 fn check_unit_count(ws: &workspace::Workspace, max: usize) -> Result<(), BuildError> {
     if ws.units.len() <= max {
@@ -142,16 +159,29 @@ fn check_unit_count(ws: &workspace::Workspace, max: usize) -> Result<(), BuildEr
     let (header, users) = ws
         .header_units
         .iter()
-        .max_by_key(|(_, u)| u.len())
+        .max_by_key(|(_, u)| u.iter().filter(|u| ws.units.contains(u)).count())
         .expect("only header changes add units");
-    let examples: Vec<&str> = users.iter().take(3).map(String::as_str).collect();
-    let message = format!(
-        "the change to {header} reaches {} units of the target's build ({}…), {} in all with the patch's other files; graft compiles at most {max} per build [rule: too-many-units]: a live patch must carry every function whose compiled code the header change alters; hint: --max-units {} compiles them all (each twice), or move the change into the .c files that need it",
-        users.len(),
-        examples.join(", "),
-        ws.units.len(),
-        ws.units.len()
-    );
+    let reached: Vec<&str> = users
+        .iter()
+        .filter(|u| ws.units.contains(u))
+        .map(String::as_str)
+        .collect();
+    let examples = reached[..reached.len().min(3)].join(", ");
+    let all = ws.units.len();
+    let message = if ws.narrowed {
+        format!(
+            "the change to {header} can alter the code of {} of the {} units that include it ({examples}…), {all} units in all with the patch's other files; graft compiles at most {max} per build [rule: too-many-units]: a live patch must carry every function whose compiled code the header change alters; hint: --max-units {all} compiles them all (each twice), or move the change into the .c files that need it",
+            reached.len(),
+            users.len(),
+        )
+    } else {
+        format!(
+            "the change to {header} reaches {} units of the target's build ({examples}…), more than graft reads ({}) to find those whose code it alters; graft compiles at most {max} per build [rule: too-many-units]: a live patch must carry every function whose compiled code the header change alters; hint: --max-units {} reads them all, or move the change into the .c files that need it",
+            users.len(),
+            read_limit(max),
+            all.div_ceil(20),
+        )
+    };
     Err(BuildError::Refused(vec![Refusal {
         rule: "too-many-units".into(),
         message,

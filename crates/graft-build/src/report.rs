@@ -38,8 +38,12 @@ pub struct BuildReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct HeaderReport {
     pub header: String,
-    /// Objects of the target's build that include it (compiled twice).
+    /// Objects of the target's build that include it.
     pub units: Vec<String>,
+    /// Of those, the ones whose preprocessed code reaches a changed item
+    /// (compiled twice and diffed); the others compile as before. `None`
+    /// when graft did not read them (then all were compiled).
+    pub compiled: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

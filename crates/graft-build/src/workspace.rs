@@ -10,6 +10,7 @@ use graft_kbuild::compile::{self, Linkage};
 use graft_kbuild::mirror::Mirror;
 use graft_kbuild::objects::ObjectCache;
 use graft_kbuild::patch::SourcePatch;
+use graft_kbuild::reach;
 use graft_kbuild::tree::KernelTree;
 
 use graft_kbuild::index::Index;
@@ -101,6 +102,11 @@ pub struct Workspace {
     pub header_units: Vec<(String, Vec<String>)>,
     /// How long building the unit index took, when this build built it.
     pub index_seconds: Option<f64>,
+    /// Includers of the changed headers whose preprocessed code reaches no
+    /// changed item: never compiled.
+    pub unchanged: Vec<String>,
+    /// Whether the includers were read ([`Workspace::narrow`]).
+    pub narrowed: bool,
 }
 
 impl Drop for Workspace {
@@ -155,6 +161,8 @@ impl Workspace {
             kept_originals: Vec::new(),
             header_units: Vec::new(),
             index_seconds: None,
+            unchanged: Vec::new(),
+            narrowed: false,
         })
     }
 
@@ -224,6 +232,76 @@ impl Workspace {
             }
         }
         first
+    }
+
+    /// Drops from `units` the includers of the changed headers whose code
+    /// the change cannot alter: each is preprocessed before and after the
+    /// change and its items compared ([`graft_kbuild::reach`]). Reading
+    /// costs a fraction of compiling; past `limit` includers nothing is
+    /// read or dropped.
+    pub fn narrow(&mut self, limit: usize, progress: &mut dyn FnMut(Event)) -> Result<()> {
+        let candidates: Vec<String> = self
+            .units
+            .iter()
+            .filter(|u| !self.compiled.contains(u) && !self.sources.objects.contains(u))
+            .cloned()
+            .collect();
+        if candidates.is_empty() || candidates.len() > limit {
+            return Ok(());
+        }
+        progress(Event::Step("reading the includers' code before the change"));
+        let mut originals = Vec::with_capacity(candidates.len());
+        for chunk in candidates.chunks(PREPROCESS_CHUNK) {
+            let texts = self.preprocess(chunk)?;
+            originals.extend(parallel(&texts, self.jobs, |p| {
+                take(p.as_deref()).map(|t| reach::Summary::of(&t))
+            }));
+        }
+        progress(Event::Step("reading the includers' code after the change"));
+        let read = self
+            .mirror
+            .apply(&self.sources.patch)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                let mut differs = Vec::with_capacity(candidates.len());
+                for (chunk, before) in candidates
+                    .chunks(PREPROCESS_CHUNK)
+                    .zip(originals.chunks(PREPROCESS_CHUNK))
+                {
+                    let texts = self.preprocess(chunk)?;
+                    let pairs: Vec<_> = texts.iter().zip(before).collect();
+                    differs.extend(parallel(&pairs, self.jobs, |(p, b)| {
+                        // A unit that cannot be read is compiled (and its
+                        // error reported there).
+                        match (take(p.as_deref()), b) {
+                            (Some(t), Some(b)) => reach::differs(b, &t),
+                            _ => true,
+                        }
+                    }));
+                }
+                Ok(differs)
+            });
+        self.mirror.revert()?;
+        let differs = read?;
+        self.unchanged = candidates
+            .iter()
+            .zip(&differs)
+            .filter(|(_, d)| !**d)
+            .map(|(u, _)| u.clone())
+            .collect();
+        self.units.retain(|u| !self.unchanged.contains(u));
+        self.narrowed = true;
+        Ok(())
+    }
+
+    fn preprocess(&self, objects: &[String]) -> Result<Vec<Option<PathBuf>>> {
+        Ok(compile::preprocess(
+            &self.mirror.root,
+            &self.sources.tree.make_vars,
+            objects,
+            self.jobs,
+            &self.mirror.log_path(),
+        )?)
     }
 
     /// Compiles `objects` from the original source (or takes the originals
@@ -369,6 +447,33 @@ impl Workspace {
         }
         Ok(())
     }
+}
+
+/// Units preprocessed per make run: bounds the disk their text takes
+/// (a kernel unit's is 2–6 MB).
+const PREPROCESS_CHUNK: usize = 200;
+
+/// Reads and removes the file at `path`.
+fn take(path: Option<&Path>) -> Option<Vec<u8>> {
+    let path = path?;
+    let text = std::fs::read(path).ok();
+    let _ = std::fs::remove_file(path);
+    text
+}
+
+/// `f` of every item, on `jobs` threads, in order.
+fn parallel<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let per = items.len().div_ceil(jobs.max(1)).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a reader thread panicked"))
+            .collect()
+    })
 }
 
 /// Removes the work directories of builds that were killed: their lock is

@@ -83,3 +83,39 @@ pub fn compile(
         })
         .collect()
 }
+
+/// Preprocesses the units of `objects` (`fs/proc/cmdline.o` →
+/// `fs/proc/cmdline.i`) in `root` with kbuild's own flags; returns where
+/// each unit's text is, `None` for a unit kbuild could not preprocess (`-k`:
+/// one unit's failure does not stop the others). The caller removes them.
+pub fn preprocess(
+    root: &Path,
+    make_vars: &[String],
+    objects: &[String],
+    jobs: usize,
+    log: &Path,
+) -> Result<Vec<Option<std::path::PathBuf>>, KbuildError> {
+    let targets: Vec<String> = objects
+        .iter()
+        .map(|o| o.trim_end_matches(".o").to_owned() + ".i")
+        .collect();
+    for t in &targets {
+        let _ = std::fs::remove_file(root.join(t));
+    }
+    crate::run_logged(
+        crate::buildroot::command_in(root, "make", &[log], None)
+            .arg("-C")
+            .arg(root)
+            .arg("-k")
+            .arg(format!("-j{jobs}"))
+            .arg(format!("KCFLAGS={KCFLAGS}"))
+            .args(make_vars)
+            .args(&targets)
+            .env_remove("MAKEFLAGS"),
+        log,
+    )?;
+    Ok(targets
+        .iter()
+        .map(|t| Some(root.join(t)).filter(|p| p.is_file()))
+        .collect())
+}

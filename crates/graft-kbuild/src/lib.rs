@@ -19,6 +19,7 @@ pub mod objects;
 pub mod patch;
 pub mod prepare;
 pub mod probe;
+pub mod reach;
 pub mod record;
 pub mod tree;
 

@@ -70,6 +70,11 @@ pub struct Args {
     /// (each twice).
     #[arg(long, value_name = "N", default_value_t = graft_build::DEFAULT_MAX_UNITS)]
     pub(crate) max_units: usize,
+    /// Compile every unit that includes a changed header, not only those
+    /// whose preprocessed code reaches a changed item (slower; a check of
+    /// graft's reading).
+    #[arg(long)]
+    pub(crate) compile_all_includers: bool,
 }
 
 pub fn run(a: Args, json: bool) -> Result<()> {
@@ -103,6 +108,7 @@ pub(crate) fn build(
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         keep_work: a.keep_work.clone(),
         max_units: a.max_units,
+        compile_all_includers: a.compile_all_includers,
     };
     let mut steps = Steps::new(json);
     let report = graft_build::build(&inputs, &mut |e| match e {
@@ -139,12 +145,18 @@ pub(crate) fn cache_dir(a: &Args) -> PathBuf {
 
 fn print_human(r: &BuildReport) {
     for h in &r.headers {
-        println!(
-            "{}: included by {} unit{} of the target",
-            h.header,
-            h.units.len(),
-            if h.units.len() == 1 { "" } else { "s" }
-        );
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let n = h.units.len();
+        match &h.compiled {
+            Some(c) => println!(
+                "{}: included by {n} unit{} of the target; the change can alter the code of {} (compiled), not of the other {}",
+                h.header,
+                plural(n),
+                c.len(),
+                n - c.len()
+            ),
+            None => println!("{}: included by {n} unit{} of the target", h.header, plural(n)),
+        }
     }
     if let Some(s) = r.index_seconds {
         println!("indexed the tree's units and includes in {s:.1}s (kept for later builds)");

@@ -1,0 +1,95 @@
+//! A header change compiles only the includers whose code it can alter:
+//! graft reads every includer's preprocessed code before and after the
+//! change (graft_kbuild::reach). Checked against compiling them all.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+
+fn functions(summary: &serde_json::Value) -> BTreeSet<String> {
+    summary["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| {
+            let file = f["file"].as_str().unwrap().to_owned();
+            ["changed", "new"]
+                .into_iter()
+                .flat_map(move |k| f[k].as_array().unwrap().clone())
+                .map(move |n| format!("{file}: {}", n.as_str().unwrap()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_header_change_compiles_only_the_includers_it_alters() {
+    let lab = lab();
+    let out = tempfile::tempdir().unwrap();
+    let (_, read) = build_ok(&lab, "header-inline.patch", "hread", out.path());
+    let (_, all) = build_ok_with(
+        &lab,
+        "header-inline.patch",
+        "hall",
+        out.path(),
+        &["--compile-all-includers".into()],
+    );
+    let h = &read["headers"][0];
+    let units: Vec<&str> = h["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    let compiled: Vec<&str> = h["compiled"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the includers were read: {h}"))
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert!(
+        units.len() >= 20,
+        "fs/proc/internal.h's includers: {units:?}"
+    );
+    assert!(
+        compiled.len() < units.len() / 2 && compiled.iter().all(|c| units.contains(c)),
+        "compiled {compiled:?} of {units:?}"
+    );
+    // The same functions change, whichever way the units were found.
+    assert_eq!(functions(&read), functions(&all));
+    assert!(
+        all["headers"][0]["compiled"].is_null(),
+        "{}",
+        all["headers"][0]
+    );
+    // Every file with a change was compiled; an includer that was read as
+    // unchanged (fs/proc/generic.c includes the header but no get_proc_task
+    // user) was not.
+    for f in read["files"].as_array().unwrap() {
+        let o = f["file"].as_str().unwrap().replace(".c", ".o");
+        assert!(compiled.contains(&o.as_str()), "{o} not in {compiled:?}");
+    }
+    assert!(units.contains(&"fs/proc/generic.o") && !compiled.contains(&"fs/proc/generic.o"));
+
+    // The unit budget counts the units the change can alter, and says so.
+    let mut args = build_args(
+        &lab,
+        &repo_file("tests/patches/header-inline.patch"),
+        "hsmall",
+        out.path(),
+    );
+    args.extend(["--max-units".into(), "2".into()]);
+    let refused = graft(&args);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    let e = stderr(&refused);
+    assert!(
+        e.contains("[rule: too-many-units]")
+            && e.contains(&format!(
+                "can alter the code of {} of the {} units that include it",
+                compiled.len(),
+                units.len()
+            )),
+        "{e}"
+    );
+}
