@@ -138,8 +138,7 @@ pub fn build(inputs: &Inputs, progress: &mut dyn FnMut(Event)) -> Result<BuildRe
             .map(|(h, u)| HeaderReport {
                 header: h.clone(),
                 units: u.clone(),
-                compiled: ws
-                    .narrowed
+                compiled: (ws.narrowed || ws.scanned)
                     .then(|| u.iter().filter(|u| ws.units.contains(u)).cloned().collect()),
             })
             .collect(),
@@ -168,7 +167,15 @@ fn check_unit_count(ws: &workspace::Workspace, max: usize) -> Result<(), BuildEr
         .collect();
     let examples = reached[..reached.len().min(3)].join(", ");
     let all = ws.units.len();
-    let message = if ws.narrowed {
+    let message = if ws.scanned && !ws.narrowed {
+        format!(
+            "the change to {header} is named by the sources of {} of the {} units that include it ({examples}…), more than graft reads ({}) to find those whose code it alters; graft compiles at most {max} per build [rule: too-many-units]: a live patch must carry every function whose compiled code the header change alters; hint: --max-units {} reads them all, or move the change into the .c files that need it",
+            reached.len(),
+            users.len(),
+            read_limit(max),
+            all.div_ceil(20),
+        )
+    } else if ws.narrowed || ws.scanned {
         format!(
             "the change to {header} can alter the code of {} of the {} units that include it ({examples}…), {all} units in all with the patch's other files; graft compiles at most {max} per build [rule: too-many-units]: a live patch must carry every function whose compiled code the header change alters; hint: --max-units {all} compiles them all (each twice), or move the change into the .c files that need it",
             reached.len(),

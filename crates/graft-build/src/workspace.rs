@@ -10,8 +10,9 @@ use graft_kbuild::compile::{self, Linkage};
 use graft_kbuild::mirror::Mirror;
 use graft_kbuild::objects::ObjectCache;
 use graft_kbuild::patch::SourcePatch;
-use graft_kbuild::reach;
 use graft_kbuild::tree::KernelTree;
+use graft_kbuild::{mentions, reach};
+use std::collections::HashSet;
 
 use graft_kbuild::index::Index;
 
@@ -107,6 +108,8 @@ pub struct Workspace {
     pub unchanged: Vec<String>,
     /// Whether the includers were read ([`Workspace::narrow`]).
     pub narrowed: bool,
+    /// Whether the includers' sources were scanned for the changed names.
+    pub scanned: bool,
 }
 
 impl Drop for Workspace {
@@ -163,6 +166,7 @@ impl Workspace {
             index_seconds: None,
             unchanged: Vec::new(),
             narrowed: false,
+            scanned: false,
         })
     }
 
@@ -240,12 +244,25 @@ impl Workspace {
     /// costs a fraction of compiling; past `limit` includers nothing is
     /// read or dropped.
     pub fn narrow(&mut self, limit: usize, progress: &mut dyn FnMut(Event)) -> Result<()> {
-        let candidates: Vec<String> = self
+        let mut candidates: Vec<String> = self
             .units
             .iter()
             .filter(|u| !self.compiled.contains(u) && !self.sources.objects.contains(u))
             .cloned()
             .collect();
+        if candidates.len() > SCAN_FROM {
+            progress(Event::Step(
+                "finding the includers whose source can name the change",
+            ));
+            if let Some(named) = self.scan(&candidates)? {
+                let (keep, drop): (Vec<String>, Vec<String>) =
+                    candidates.into_iter().partition(|u| named.contains(u));
+                self.units.retain(|u| !drop.contains(u));
+                self.unchanged.extend(drop);
+                self.scanned = true;
+                candidates = keep;
+            }
+        }
         if candidates.is_empty() || candidates.len() > limit {
             return Ok(());
         }
@@ -283,15 +300,51 @@ impl Workspace {
             });
         self.mirror.revert()?;
         let differs = read?;
-        self.unchanged = candidates
+        let same: Vec<String> = candidates
             .iter()
             .zip(&differs)
             .filter(|(_, d)| !**d)
             .map(|(u, _)| u.clone())
             .collect();
-        self.units.retain(|u| !self.unchanged.contains(u));
+        self.units.retain(|u| !same.contains(u));
+        self.unchanged.extend(same);
         self.narrowed = true;
         Ok(())
+    }
+
+    /// The units among `candidates` whose sources (or the headers they
+    /// include) can name what the change alters ([`graft_kbuild::mentions`]),
+    /// or `None` when the change cannot be read from the source text.
+    fn scan(&mut self, candidates: &[String]) -> Result<Option<HashSet<String>>> {
+        let index = self.index()?;
+        let root = self.mirror.root.clone();
+        let read = |h: &String| std::fs::read(root.join(h)).unwrap_or_default();
+        let before: Vec<Vec<u8>> = self.sources.headers.iter().map(read).collect();
+        let after = self
+            .mirror
+            .apply(&self.sources.patch)
+            .map(|()| self.sources.headers.iter().map(read).collect::<Vec<_>>());
+        self.mirror.revert()?;
+        let changed: Vec<(String, Vec<u8>, Vec<u8>)> = self
+            .sources
+            .headers
+            .iter()
+            .cloned()
+            .zip(before)
+            .zip(after?)
+            .map(|((h, b), a)| (h, b, a))
+            .collect();
+        let files = index.closure_of(candidates);
+        let Some(hot) = mentions::hot_files(&root, &files, &changed) else {
+            return Ok(None);
+        };
+        Ok(Some(
+            index
+                .includers_of(|f| hot.contains(f))
+                .into_iter()
+                .map(|u| u.object.clone())
+                .collect(),
+        ))
     }
 
     fn preprocess(&self, objects: &[String]) -> Result<Vec<Option<PathBuf>>> {
@@ -448,6 +501,10 @@ impl Workspace {
         Ok(())
     }
 }
+
+/// Above this many includers to read, graft first scans the sources for
+/// the names the change alters (a few seconds for the whole tree).
+const SCAN_FROM: usize = 8;
 
 /// Units preprocessed per make run: bounds the disk their text takes
 /// (a kernel unit's is 2–6 MB).

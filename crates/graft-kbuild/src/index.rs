@@ -215,11 +215,58 @@ impl Index {
         self.units.iter().find(|u| u.object == object)
     }
 
+    /// Every file the units include (tree-relative), their sources too.
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+
+    /// The files the units of `objects` include, directly or not, their
+    /// sources too.
+    pub fn closure_of(&self, objects: &[String]) -> Vec<&str> {
+        let ids: HashMap<&str, usize> = self
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.as_str(), i))
+            .collect();
+        let mut reached = vec![false; self.files.len()];
+        let mut queue: VecDeque<usize> = self
+            .units
+            .iter()
+            .filter(|u| objects.contains(&u.object))
+            .filter_map(|u| ids.get(u.source.as_str()).copied())
+            .collect();
+        for &q in &queue {
+            reached[q] = true;
+        }
+        while let Some(f) = queue.pop_front() {
+            for &i in &self.includes[f] {
+                if !reached[i as usize] {
+                    reached[i as usize] = true;
+                    queue.push_back(i as usize);
+                }
+            }
+        }
+        (0..self.files.len())
+            .filter(|&i| reached[i])
+            .map(|i| self.files[i].as_str())
+            .collect()
+    }
+
     /// The units that include `header` (tree-relative), directly or not.
     pub fn includers(&self, header: &str) -> Vec<&UnitInfo> {
-        let Some(target) = self.files.iter().position(|f| f == header) else {
+        self.includers_of(|f| f == header)
+    }
+
+    /// The units that include, directly or not, a file `wanted` names (or
+    /// whose source it names).
+    pub fn includers_of(&self, wanted: impl Fn(&str) -> bool) -> Vec<&UnitInfo> {
+        let targets: Vec<usize> = (0..self.files.len())
+            .filter(|&i| wanted(&self.files[i]))
+            .collect();
+        if targets.is_empty() {
             return Vec::new();
-        };
+        }
         let mut users: Vec<Vec<u32>> = vec![Vec::new(); self.files.len()];
         for (f, inc) in self.includes.iter().enumerate() {
             for &i in inc {
@@ -227,8 +274,10 @@ impl Index {
             }
         }
         let mut reached = vec![false; self.files.len()];
-        let mut queue = VecDeque::from([target as u32]);
-        reached[target] = true;
+        let mut queue: VecDeque<u32> = targets.iter().map(|&t| t as u32).collect();
+        for &t in &targets {
+            reached[t] = true;
+        }
         while let Some(f) = queue.pop_front() {
             for &u in &users[f as usize] {
                 if !reached[u as usize] {

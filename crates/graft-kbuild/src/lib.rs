@@ -13,6 +13,7 @@ pub mod config;
 pub mod headers;
 pub mod index;
 pub mod lines;
+pub mod mentions;
 pub mod mirror;
 pub mod module;
 pub mod objects;

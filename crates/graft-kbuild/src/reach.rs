@@ -86,17 +86,17 @@ pub fn differs(original: &Summary, patched: &[u8]) -> bool {
 }
 
 /// One top-level item: a function definition, or a declaration up to its `;`.
-struct Item<'a> {
-    span: std::ops::Range<usize>,
-    hash: u64,
+pub(crate) struct Item<'a> {
+    pub(crate) span: std::ops::Range<usize>,
+    pub(crate) hash: u64,
     /// Emits code or data of its own.
-    root: bool,
+    pub(crate) root: bool,
     /// The names it declares or defines (a superset).
-    names: Vec<&'a [u8]>,
+    pub(crate) names: Vec<&'a [u8]>,
 }
 
 /// Words that take a parenthesized group which is not a declarator.
-const GROUP_WORDS: &[&[u8]] = &[
+pub(crate) const GROUP_WORDS: &[&[u8]] = &[
     b"__attribute__",
     b"__attribute",
     b"__declspec",
@@ -160,17 +160,17 @@ const KEYWORDS: &[&[u8]] = &[
     b"__seg_fs",
 ];
 
-fn is_ident(t: &[u8]) -> bool {
+pub(crate) fn is_ident(t: &[u8]) -> bool {
     t.first()
         .is_some_and(|&b| b.is_ascii_alphabetic() || b == b'_' || b == b'$')
 }
 
-fn is_name(t: &[u8]) -> bool {
+pub(crate) fn is_name(t: &[u8]) -> bool {
     is_ident(t) && !KEYWORDS.contains(&t) && !GROUP_WORDS.contains(&t)
 }
 
 /// The index just past the group opened at `open` (a `(`, `[` or `{`).
-fn close(tokens: &[&[u8]], open: usize) -> usize {
+pub(crate) fn close(tokens: &[&[u8]], open: usize) -> usize {
     let mut depth = 0usize;
     for (i, t) in tokens.iter().enumerate().skip(open) {
         match *t {
@@ -187,7 +187,7 @@ fn close(tokens: &[&[u8]], open: usize) -> usize {
     tokens.len()
 }
 
-fn fnv(tokens: &[&[u8]]) -> u64 {
+pub(crate) fn fnv(tokens: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for t in tokens {
         for &b in t.iter().chain(&[0xff]) {
@@ -198,7 +198,7 @@ fn fnv(tokens: &[&[u8]]) -> u64 {
 }
 
 /// Cuts the token stream into top-level items and classifies each.
-fn items<'a>(tokens: &[&'a [u8]]) -> Vec<Item<'a>> {
+pub(crate) fn items<'a>(tokens: &[&'a [u8]]) -> Vec<Item<'a>> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut depth = 0usize;
@@ -283,7 +283,12 @@ fn function<'a>(tokens: &[&'a [u8]], span: std::ops::Range<usize>) -> Item<'a> {
     let inline = all[..head_len].iter().any(|t| {
         matches!(
             *t,
-            b"inline" | b"__inline" | b"__inline__" | b"always_inline" | b"__always_inline__"
+            b"inline"
+                | b"__inline"
+                | b"__inline__"
+                | b"always_inline"
+                | b"__always_inline__"
+                | b"__always_inline"
         )
     });
     let linkage = head.iter().any(|t| matches!(*t, b"static" | b"extern"));

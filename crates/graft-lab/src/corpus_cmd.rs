@@ -35,6 +35,9 @@ pub struct Args {
     /// Only items whose file path contains this text
     #[arg(long = "match", value_name = "TEXT")]
     matching: Option<String>,
+    /// Only these items (ids as in docs/corpus.md: c012,h086)
+    #[arg(long, value_name = "ID,…", value_delimiter = ',')]
+    ids: Vec<String>,
     /// Choose the pair, fetch both kernels and list the items; build nothing
     #[arg(long)]
     prepare: bool,
@@ -107,7 +110,10 @@ pub fn run(lab_root: &Path, a: Args) -> Result<ExitCode> {
         Some(g) => g.clone(),
         None => default_graft()?,
     };
-    let keep = |i: &&Item| a.matching.as_deref().is_none_or(|m| i.file.contains(m));
+    let keep = |i: &&Item| {
+        a.matching.as_deref().is_none_or(|m| i.file.contains(m))
+            && (a.ids.is_empty() || a.ids.contains(&i.id))
+    };
     let builder = c.builder(&graft, &cache, a.max_units, a.jobs)?;
     let build_start = Instant::now();
     let mut results: Vec<ItemResult>;
