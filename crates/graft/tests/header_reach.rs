@@ -93,3 +93,50 @@ fn a_header_change_compiles_only_the_includers_it_alters() {
         "{e}"
     );
 }
+
+/// A change to a static inline of include/linux/skbuff.h, which 4,600 units
+/// include: graft scans the sources for its name and reads the few that
+/// name it. `grep -rlw skb_has_shared_frag` lists the four files that call
+/// it; each must be compiled and show the change, and nearly nothing else.
+#[test]
+fn a_header_in_thousands_of_units_compiles_only_its_users() {
+    let lab = lab();
+    let out = tempfile::tempdir().unwrap();
+    let (_, r) = build_ok(&lab, "header-big-inline.patch", "hbig", out.path());
+    let h = &r["headers"][0];
+    assert_eq!(h["header"], "include/linux/skbuff.h");
+    let units = h["units"].as_array().unwrap().len();
+    let compiled: Vec<&str> = h["compiled"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the includers were read: {h}"))
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert!(units > 4000, "{units} includers");
+    let users = [
+        "net/core/dev.o",
+        "net/core/skbuff.o",
+        "net/ipv4/esp4.o",
+        "net/ipv6/esp6.o",
+    ];
+    for u in users {
+        assert!(compiled.contains(&u), "{u} not compiled: {compiled:?}");
+    }
+    // The users, and the one includer compiled first to see layouts.
+    assert!(compiled.len() <= users.len() + 1, "{compiled:?}");
+    let files: BTreeSet<&str> = r["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        BTreeSet::from([
+            "net/core/dev.c",
+            "net/core/skbuff.c",
+            "net/ipv4/esp4.c",
+            "net/ipv6/esp6.c"
+        ])
+    );
+}
