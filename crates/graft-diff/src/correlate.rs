@@ -340,8 +340,12 @@ impl Correlator<'_> {
         votes_p: &HashMap<SymbolId, HashSet<SymbolId>>,
     ) {
         let (patched, t, distinct) = (self.patched, &mut self.t, &self.distinct);
+        // Identity-free data (a `__func__` string) needs no twin: it is
+        // compared by content and carried as a copy, whatever the votes.
+        let identity_free =
+            |p: SymbolId| crate::names::identity_free(crate::names::hidden_of(patched, p));
         for (p, os) in votes_p {
-            if t.orig_of(*p).is_none() && os.len() > 1 {
+            if t.orig_of(*p).is_none() && os.len() > 1 && !identity_free(*p) {
                 let mut os: Vec<SymbolId> = os.iter().copied().collect();
                 os.sort();
                 t.ambiguous.push((
@@ -369,8 +373,7 @@ impl Correlator<'_> {
                     .filter(|o| !distinct.contains(&(*o, *p)))
                     .collect();
                 // Identity-free data is compared by content instead.
-                let named = family(&patched.symbol(*p).name).numbered
-                    && !crate::names::identity_free(crate::names::hidden_of(patched, *p));
+                let named = family(&patched.symbol(*p).name).numbered && !identity_free(*p);
                 if named && !candidates.is_empty() && !t.ambiguous.iter().any(|(a, _, _)| a == p) {
                     t.ambiguous.push((
                         *p,
