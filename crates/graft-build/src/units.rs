@@ -481,6 +481,17 @@ fn to_verify(orig: &Object, patched: &Object, d: &ObjectDiff) -> Vec<SymbolId> {
             }
         }
     }
+    // Hidden state the carried code shares is found through an original
+    // function that uses it: verify one when no function verified above
+    // does (the carried function's original may not use it: a renamed or
+    // newly split function).
+    for s in &d.shared_state {
+        if !s.users.iter().any(|u| ids.contains(u)) {
+            if let Some(&u) = s.users.first() {
+                ids.push(u);
+            }
+        }
+    }
     ids
 }
 

@@ -110,6 +110,10 @@ pub struct SharedState {
     pub state: String,
     #[serde(skip)]
     pub symbol: SymbolId,
+    /// The original build's functions that use the state: verifying one
+    /// against the running kernel finds the running copy.
+    #[serde(skip)]
+    pub users: Vec<SymbolId>,
 }
 
 /// The differ's result for one object pair.

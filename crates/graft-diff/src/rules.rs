@@ -439,14 +439,31 @@ pub fn shared_state(ctx: &Ctx<'_>, diff: &ObjectDiff) -> Vec<crate::SharedState>
             let (Some(Hidden::State), Some(twin)) = (d.hidden, d.twin) else {
                 continue;
             };
-            let s = crate::SharedState {
-                function: c.name.clone(),
-                state: ctx.orig.obj.symbol(twin).name.clone(),
-                symbol: d.symbol,
-            };
-            if !out.contains(&s) {
-                out.push(s);
+            if out
+                .iter()
+                .any(|s| s.function == c.name && s.symbol == d.symbol)
+            {
+                continue;
             }
+            let orig = ctx.orig.obj;
+            let mut users: Vec<SymbolId> = ctx
+                .orig
+                .refs
+                .iter()
+                .filter(|(f, ts)| {
+                    ts.contains(&twin)
+                        && orig.symbol(**f).kind == graft_elf::SymKind::Func
+                        && !is_part(&orig.symbol(**f).name)
+                })
+                .map(|(f, _)| *f)
+                .collect();
+            users.sort();
+            out.push(crate::SharedState {
+                function: c.name.clone(),
+                state: orig.symbol(twin).name.clone(),
+                symbol: d.symbol,
+                users,
+            });
         }
     }
     out
