@@ -61,6 +61,9 @@ pub enum Rule {
     UnreadableTable { section: String, why: String },
     /// A `.graft.*` record (callback, state, ignore marker) graft cannot use.
     Marker { section: String, why: String },
+    /// A changed function a kernel thread runs as its main loop: the
+    /// thread never leaves it, so the transition could never complete.
+    KthreadMain { why: String },
 }
 
 impl fmt::Display for Refusal {
@@ -97,6 +100,10 @@ impl fmt::Display for Refusal {
             Rule::HiddenState { state, why } => write!(
                 f,
                 "{o}: {s} changed and uses {state}, hidden state of a pr_*_once/printk_once/WARN_ONCE/printk_ratelimited/lockdep macro [rule: hidden-state]: the patched code must share the running kernel's copy, whose name repeats throughout the kernel, and {why}; hint: if printing the message once more after patching is acceptable, give the new code a flag of its own: replace the macro in the changed function with `static bool done; if (!done) {{ done = true; pr_warn(...); }}`, or move the macro into a helper the patch does not change"
+            ),
+            Rule::KthreadMain { why } => write!(
+                f,
+                "{o}: {s} changed, and it is a kernel thread's main loop ({why}) [rule: kthread-main]: a running thread never returns from it, so livepatch's consistency model can never switch that thread and the transition would not complete; hint: make the change in a function the loop calls (each pass calls it anew), or stop and restart the thread in the patch's callbacks"
             ),
             Rule::Ambiguous { candidates, why } => write!(
                 f,
@@ -159,6 +166,7 @@ pub fn check(
     r.export_crcs(opts, &mut out);
     r.keys_in_module(opts, &mut out);
     r.unknown_sections(&mut out);
+    r.kthread_mains(&mut out);
     out.dedup();
     out
 }
@@ -276,6 +284,37 @@ impl Refuser<'_, '_> {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Changed functions a kernel thread runs as its main loop: they ask
+    /// `kthread_should_stop()` and are started by address (their address
+    /// is taken in the object, or they are global: `kthread_run(f, …)` in
+    /// another file).
+    fn kthread_mains(&self, out: &mut Vec<Refusal>) {
+        const STOP: &[&str] = &["kthread_should_stop", "kthread_freezable_should_stop"];
+        let orig = self.ctx.orig.obj;
+        for c in self.diff.changed_functions() {
+            let Some(fo) = c.twin else { continue };
+            let f = orig.symbol(fo);
+            let Some(fsec) = f.section else { continue };
+            let sec = orig.section(fsec);
+            let asks = sec
+                .relocs_in(f.value, f.value.saturating_add(f.size))
+                .iter()
+                .any(|r| STOP.contains(&orig.symbol(r.symbol).name.as_str()));
+            if !asks {
+                continue;
+            }
+            let why = if f.binding != graft_elf::Binding::Local && !called_in(orig, fo) {
+                Some("it checks kthread_should_stop() and is global but called nowhere in its file: a thread is started on it from another".to_owned())
+            } else {
+                address_taken(orig, fo)
+                    .map(|by| format!("it checks kthread_should_stop() and {by} takes its address"))
+            };
+            if let Some(why) = why {
+                out.push(self.refuse(&c.name, Rule::KthreadMain { why }));
             }
         }
     }
@@ -467,6 +506,63 @@ pub fn shared_state(ctx: &Ctx<'_>, diff: &ObjectDiff) -> Vec<crate::SharedState>
         }
     }
     out
+}
+
+/// Whether code of `obj` other than `f`'s own calls or jumps to `f`.
+fn called_in(obj: &Object, f: SymbolId) -> bool {
+    let Some(fsec) = obj.symbol(f).section else {
+        return false;
+    };
+    obj.sections
+        .iter()
+        .filter(|s| s.is_exec() && s.id != fsec)
+        .any(|sec| {
+            sec.relocs.iter().any(|r| {
+                let t = obj.symbol(r.symbol);
+                let to_f = r.symbol == f
+                    || (t.kind == graft_elf::SymKind::Section && t.section == Some(fsec));
+                let o = r.offset as usize;
+                to_f && o
+                    .checked_sub(1)
+                    .and_then(|i| sec.data.get(i))
+                    .is_some_and(|b| matches!(b, 0xe8 | 0xe9))
+            })
+        })
+}
+
+/// The function (or data) of `obj` that takes the address of function `f`
+/// other than to call or jump to it.
+fn address_taken(obj: &Object, f: SymbolId) -> Option<String> {
+    let fsec = obj.symbol(f).section?;
+    for sec in &obj.sections {
+        for r in &sec.relocs {
+            let t = obj.symbol(r.symbol);
+            let to_f =
+                r.symbol == f || (t.kind == graft_elf::SymKind::Section && t.section == Some(fsec));
+            // Tables about code (ftrace's call sites, ORC, bug entries) and
+            // debug info name every function; they start no thread.
+            let table = matches!(
+                crate::special::role(sec),
+                Some(crate::special::Role::Table(_))
+            ) || sec.name.starts_with(".debug");
+            if !to_f || sec.id == fsec || table {
+                continue;
+            }
+            if sec.is_exec() {
+                let o = r.offset as usize;
+                let byte = |k: usize| o.checked_sub(k).and_then(|i| sec.data.get(i)).copied();
+                let call = matches!(byte(1), Some(0xe8 | 0xe9))
+                    || (byte(2) == Some(0x0f) && byte(1).is_some_and(|b| b & 0xf0 == 0x80));
+                if call {
+                    continue;
+                }
+            }
+            let holder = crate::correlate::symbol_at(obj, sec.id, r.offset as i64)
+                .map_or_else(|| sec.name.clone(), |h| obj.symbol(h).name.clone());
+            return Some(holder);
+        }
+    }
+    None
 }
 
 /// `-mfentry` puts `call __fentry__` first (after `endbr64` on IBT kernels).

@@ -78,12 +78,13 @@ pub fn is_true_change(rule: &str) -> bool {
 pub fn lift(rule: &str) -> &'static str {
     match rule {
         "key-in-module" => "register the patch's jump-label entries for a module's keys after its klp relocations are applied (issue 9)",
-        "hidden-state" => "resolve the running copy of the state from the verified original's code",
-        "ambiguous-local" => "pair same-named locals by content or by their users instead of by name",
+        "hidden-state" => "a state no original function of the unit uses, or whose users run-pre cannot place: resolve it from another unit's verified code",
+        "ambiguous-local" => "pair same-named writable locals (once flags, tracepoint strings) through their verified users in the running kernel",
         "no-fentry" => "patch the callers of the changed notrace/inline function",
-        "too-many-units" => "a cheaper way to find the units whose code a header change alters (compile only units using the changed definitions), or a higher --max-units",
+        "too-many-units" => "a header change graft cannot read from the source text (a changed #if or #include, a changed macro invocation) over more includers than it preprocesses (20 × --max-units), or more units whose code changes than --max-units: a higher --max-units",
         "unknown-section" | "unreadable-table" => "teach graft-klp the special section",
         "marker" => "fix the patch's graft/kpatch markers",
+        "kthread-main" => "patch the functions the thread's loop calls, or stop and restart the thread in callbacks (livepatch's consistency model cannot switch a task that never leaves the function)",
         "composite-module" => "compile the file with the command the kernel's build uses for it (the unit index has it), not kbuild's single-object build",
         _ => "see the rule's message",
     }
