@@ -197,6 +197,10 @@ pub fn hidden(name: &str, section: &str, writable: bool) -> Option<Hidden> {
     }
     if HIDDEN_STATE.contains(&f.base.as_str()) {
         Some(Hidden::State)
+    } else if f.base == "___tp_str" {
+        // tracepoint_string()'s pointer sits in a writable section, but
+        // only the build writes it: it holds a string's address, no state.
+        Some(Hidden::Const)
     } else if HIDDEN_CONST.contains(&f.base.as_str()) {
         Some(if writable {
             Hidden::State
@@ -285,6 +289,15 @@ mod tests {
             Some(Hidden::Const)
         );
         assert_eq!(hidden("count.1", ".bss.count.1", true), None);
+        // tracepoint_string()'s pointer: a writable section, no state.
+        assert_eq!(
+            hidden("___tp_str.147", "__tracepoint_str", true),
+            Some(Hidden::Const)
+        );
+        assert_eq!(
+            hidden("__msg.3", ".data.__msg.3", true),
+            Some(Hidden::State)
+        );
         assert_eq!(
             hidden("__UNIQUE_ID_ddebug7", "__dyndbg", true),
             Some(Hidden::Registry)
