@@ -13,7 +13,7 @@
 //! be resolved by reading; the files it names are included by their name
 //! elsewhere (trace headers by the `.c` that defines the events).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::time::Instant;
 
@@ -220,15 +220,19 @@ impl Index {
         &self.files
     }
 
-    /// The files the units of `objects` include, directly or not, their
-    /// sources too.
-    pub fn closure_of(&self, objects: &[String]) -> Vec<&str> {
-        let ids: HashMap<&str, usize> = self
-            .files
+    /// Each file's position in `files`.
+    fn file_ids(&self) -> HashMap<&str, usize> {
+        self.files
             .iter()
             .enumerate()
             .map(|(i, f)| (f.as_str(), i))
-            .collect();
+            .collect()
+    }
+
+    /// The files the units of `objects` include, directly or not, their
+    /// sources too.
+    pub fn closure_of(&self, objects: &[String]) -> Vec<&str> {
+        let ids = self.file_ids();
         let mut reached = vec![false; self.files.len()];
         let mut queue: VecDeque<usize> = self
             .units
@@ -286,12 +290,7 @@ impl Index {
                 }
             }
         }
-        let by_source: BTreeMap<&str, usize> = self
-            .files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.as_str(), i))
-            .collect();
+        let by_source = self.file_ids();
         self.units
             .iter()
             .filter(|u| {

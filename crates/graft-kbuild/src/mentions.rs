@@ -22,7 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use crate::reach::{self, close, is_ident, is_name, GROUP_WORDS};
+use crate::reach::{self, close, is_ident, is_name};
 
 /// The files among `files` (tree-relative, read from `root`) that can carry
 /// the change of `header` from `before` to `after` into a unit's code, or
@@ -358,8 +358,8 @@ fn invocation(tokens: &[&[u8]]) -> bool {
     let mut i = 0;
     while i < tokens.len() {
         let t = tokens[i];
-        if GROUP_WORDS.contains(&t) && tokens.get(i + 1) == Some(&&b"("[..]) {
-            i = close(tokens, i + 1);
+        if let Some(end) = reach::word_group_end(tokens, i) {
+            i = end;
             continue;
         }
         if is_name(t) {

@@ -169,6 +169,13 @@ pub(crate) fn is_name(t: &[u8]) -> bool {
     is_ident(t) && !KEYWORDS.contains(&t) && !GROUP_WORDS.contains(&t)
 }
 
+/// When `tokens[i]` takes a group that is not a declarator (`__attribute__
+/// ((…))`, `typeof(…)`, `asm(…)`): the index just past that group.
+pub(crate) fn word_group_end(tokens: &[&[u8]], i: usize) -> Option<usize> {
+    (GROUP_WORDS.contains(&tokens[i]) && tokens.get(i + 1) == Some(&&b"("[..]))
+        .then(|| close(tokens, i + 1))
+}
+
 /// The index just past the group opened at `open` (a `(`, `[` or `{`).
 pub(crate) fn close(tokens: &[&[u8]], open: usize) -> usize {
     let mut depth = 0usize;
@@ -271,8 +278,8 @@ fn function<'a>(tokens: &[&'a [u8]], span: std::ops::Range<usize>) -> Item<'a> {
     let mut i = 0;
     while i < head.len() {
         let t = head[i];
-        if GROUP_WORDS.contains(&t) && head.get(i + 1) == Some(&&b"("[..]) {
-            i = close(head, i + 1);
+        if let Some(end) = word_group_end(head, i) {
+            i = end;
             continue;
         }
         if is_name(t) && head.get(i + 1) == Some(&&b"("[..]) {
@@ -316,8 +323,8 @@ fn declaration<'a>(tokens: &[&'a [u8]], span: std::ops::Range<usize>) -> Item<'a
     while i < all.len() {
         let t = all[i];
         let next = all.get(i + 1).copied().unwrap_or(b"");
-        if GROUP_WORDS.contains(&t) && next == b"(" {
-            i = close(all, i + 1);
+        if let Some(end) = word_group_end(all, i) {
+            i = end;
             continue;
         }
         match t {
@@ -341,15 +348,15 @@ fn declaration<'a>(tokens: &[&'a [u8]], span: std::ops::Range<usize>) -> Item<'a
             b"extern" if braces.is_empty() => external = true,
             b"struct" | b"union" | b"enum" if parens == 0 => {
                 // A tag is a name when this item defines it.
-                let mut j = i + 1;
-                while j < all.len() && GROUP_WORDS.contains(&all[j]) {
-                    j = close(all, j + 1);
-                }
+                let skip = |mut j: usize| {
+                    while let Some(end) = all.get(j).and_then(|_| word_group_end(all, j)) {
+                        j = end;
+                    }
+                    j
+                };
+                let j = skip(i + 1);
                 let tag = all.get(j).copied().filter(|t| is_name(t));
-                let mut k = j + usize::from(tag.is_some());
-                while k < all.len() && GROUP_WORDS.contains(&all[k]) {
-                    k = close(all, k + 1);
-                }
+                let k = skip(j + usize::from(tag.is_some()));
                 if all.get(k) == Some(&&b"{"[..]) {
                     names.extend(tag.filter(|_| braces.is_empty()));
                     enum_next = t == b"enum";

@@ -23,6 +23,17 @@ fn functions(summary: &serde_json::Value) -> BTreeSet<String> {
         .collect()
 }
 
+/// The includers a header's report says were compiled (read, then found
+/// to change).
+fn compiled_of(h: &serde_json::Value) -> Vec<&str> {
+    h["compiled"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the includers were read: {h}"))
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect()
+}
+
 #[test]
 fn a_header_change_compiles_only_the_includers_it_alters() {
     let lab = lab();
@@ -42,12 +53,7 @@ fn a_header_change_compiles_only_the_includers_it_alters() {
         .iter()
         .map(|u| u.as_str().unwrap())
         .collect();
-    let compiled: Vec<&str> = h["compiled"]
-        .as_array()
-        .unwrap_or_else(|| panic!("the includers were read: {h}"))
-        .iter()
-        .map(|u| u.as_str().unwrap())
-        .collect();
+    let compiled = compiled_of(h);
     assert!(
         units.len() >= 20,
         "fs/proc/internal.h's includers: {units:?}"
@@ -106,12 +112,7 @@ fn a_header_in_thousands_of_units_compiles_only_its_users() {
     let h = &r["headers"][0];
     assert_eq!(h["header"], "include/linux/skbuff.h");
     let units = h["units"].as_array().unwrap().len();
-    let compiled: Vec<&str> = h["compiled"]
-        .as_array()
-        .unwrap_or_else(|| panic!("the includers were read: {h}"))
-        .iter()
-        .map(|u| u.as_str().unwrap())
-        .collect();
+    let compiled = compiled_of(h);
     assert!(units > 4000, "{units} includers");
     let users = [
         "net/core/dev.o",
