@@ -39,22 +39,20 @@ pub fn hot_files(
             hot.push(names.id(&n));
         }
     }
-    let texts: Vec<(usize, Vec<u8>)> = files
-        .iter()
-        .enumerate()
-        .filter_map(|(i, f)| {
-            // The changed headers count as they are after the change too.
-            let own = changed.iter().find(|(h, ..)| h == f).map(|c| c.2.clone());
-            own.or_else(|| std::fs::read(root.join(f)).ok())
-                .map(|t| (i, t))
-        })
-        .collect();
+    // One file's text at a time: the nodes keep interned names only.
     let mut nodes = Vec::new();
-    for (i, text) in &texts {
-        let source = files[*i].ends_with(".c");
-        for n in file_nodes(text, source, &mut names) {
-            nodes.push((*i, n));
-        }
+    for (i, f) in files.iter().enumerate() {
+        // The changed headers count as they are after the change too.
+        let own = changed.iter().find(|(h, ..)| h == f).map(|c| c.2.clone());
+        let Some(text) = own.or_else(|| std::fs::read(root.join(f)).ok()) else {
+            continue;
+        };
+        let source = f.ends_with(".c");
+        nodes.extend(
+            file_nodes(&text, source, &mut names)
+                .into_iter()
+                .map(|n| (i, n)),
+        );
     }
     for (h, before, _) in changed {
         if let Some(i) = files.iter().position(|f| f == h) {
