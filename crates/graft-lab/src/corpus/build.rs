@@ -55,7 +55,7 @@ pub struct ItemResult {
 /// The version of the item procedure (how attempts are grouped): a result
 /// an older one left as "does not compile" or an error is redone, the
 /// others stay valid (their builds did not depend on it).
-pub const METHOD: u32 = 5;
+pub const METHOD: u32 = 6;
 
 impl ItemResult {
     /// The item needed headers of the update to compile.
@@ -381,8 +381,10 @@ impl Builder {
 }
 
 /// The most `graft build`s of one item (the `.c` alone, then with what
-/// its compile errors ask for).
-const MAX_ATTEMPTS: usize = 6;
+/// its compile errors ask for, a file at a time: a header change whose
+/// callers all changed with it, such as a new argument, takes one attempt
+/// per caller).
+const MAX_ATTEMPTS: usize = 16;
 
 /// The files of the update a patch that does not compile asks for: the
 /// changed file the compiler's first error is in (another `.c` of a
