@@ -512,24 +512,39 @@ fn changed_names(before: &[u8], after: &[u8]) -> Option<Vec<Vec<u8>>> {
 #[allow(clippy::type_complexity)]
 fn header_items(text: &[u8]) -> Option<Vec<(u64, Option<Vec<Vec<u8>>>)>> {
     let (tokens, directives) = lex(text);
-    let mut out = Vec::new();
+    let items = reach::items(&tokens);
     // graft's own `#line` directives (the patched copy keeps its numbering)
     // change no item.
-    for d in directives.iter().filter(|d| d.word != b"line") {
+    let directives: Vec<&Directive> = directives.iter().filter(|d| d.word != b"line").collect();
+    let line_hash = |d: &Directive| {
         let mut line = vec![d.word];
         line.extend(&d.rest);
-        let h = reach::fnv(&line);
+        reach::fnv(&line) ^ 0x9e37_79b9_7f4a_7c15
+    };
+    // A directive inside an item (an #ifdef in a function body) is part of
+    // that item; the others are items of their own.
+    let inside = |d: &Directive| {
+        items
+            .iter()
+            .position(|it| it.span.start < d.at && d.at < it.span.end)
+    };
+    let mut out = Vec::new();
+    for d in directives.iter().filter(|d| inside(d).is_none()) {
         let names = match d.word {
             b"define" | b"undef" => d.rest.first().map(|n| vec![n.to_vec()]),
             _ => None,
         };
-        out.push((h ^ 0x9e37_79b9_7f4a_7c15, names));
+        out.push((line_hash(d), names));
     }
-    for it in reach::items(&tokens) {
+    for (n, it) in items.iter().enumerate() {
         let span = &tokens[it.span.clone()];
         let names = (!it.names.is_empty() && !invocation(span))
             .then(|| it.names.iter().map(|n| n.to_vec()).collect());
-        out.push((it.hash, names));
+        let hash = directives
+            .iter()
+            .filter(|d| inside(d) == Some(n))
+            .fold(it.hash, |h, d| h.rotate_left(7) ^ line_hash(d));
+        out.push((hash, names));
     }
     Some(out)
 }
@@ -658,6 +673,21 @@ mod tests {
         assert_eq!(strs(changed_names(before, cond.as_bytes())), None);
         let inv = format!("{}DECLARE_THING(foo);\n", String::from_utf8_lossy(before));
         assert_eq!(strs(changed_names(before, inv.as_bytes())), None);
+        // An #ifdef inside a new function's body is the function's.
+        let inner = format!(
+            "{}static inline int added(void)\n{{\n#ifdef CONFIG_Z\n\treturn 1;\n#else\n\treturn 0;\n#endif\n}}\n",
+            String::from_utf8_lossy(before)
+        );
+        assert_eq!(
+            strs(changed_names(before, inner.as_bytes())),
+            Some(vec!["added".into()])
+        );
+        // And a change to it changes the function.
+        let flipped = inner.replace("#ifdef CONFIG_Z", "#ifndef CONFIG_Z");
+        assert_eq!(
+            strs(changed_names(inner.as_bytes(), flipped.as_bytes())),
+            Some(vec!["added".into()])
+        );
     }
 
     fn hot(files: &[(&str, &str)], after: &str) -> Vec<String> {
