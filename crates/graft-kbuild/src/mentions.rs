@@ -508,43 +508,69 @@ fn changed_names(before: &[u8], after: &[u8]) -> Option<Vec<Vec<u8>>> {
 }
 
 /// A header's items: hash, and the names it defines (`None`: the item is
-/// not one whose names the text tells).
+/// not one whose names the text tells). An item's hash covers the
+/// conditions it sits under, so a changed `#if` changes the items under it,
+/// and an `#if` added around new lines changes nothing else.
 #[allow(clippy::type_complexity)]
 fn header_items(text: &[u8]) -> Option<Vec<(u64, Option<Vec<Vec<u8>>>)>> {
     let (tokens, directives) = lex(text);
     let items = reach::items(&tokens);
-    // graft's own `#line` directives (the patched copy keeps its numbering)
-    // change no item.
-    let directives: Vec<&Directive> = directives.iter().filter(|d| d.word != b"line").collect();
     let line_hash = |d: &Directive| {
         let mut line = vec![d.word];
         line.extend(&d.rest);
         reach::fnv(&line) ^ 0x9e37_79b9_7f4a_7c15
     };
     // A directive inside an item (an #ifdef in a function body) is part of
-    // that item; the others are items of their own.
+    // that item.
     let inside = |d: &Directive| {
         items
             .iter()
             .position(|it| it.span.start < d.at && d.at < it.span.end)
     };
     let mut out = Vec::new();
-    for d in directives.iter().filter(|d| inside(d).is_none()) {
-        let names = match d.word {
-            b"define" | b"undef" => d.rest.first().map(|n| vec![n.to_vec()]),
-            _ => None,
-        };
-        out.push((line_hash(d), names));
-    }
-    for (n, it) in items.iter().enumerate() {
+    let mut conditions: Vec<u64> = Vec::new();
+    let context = |c: &[u64]| c.iter().fold(0u64, |h, &x| h.rotate_left(13) ^ x);
+    let (mut d, mut n) = (0, 0);
+    while d < directives.len() || n < items.len() {
+        let next_item = items.get(n).map_or(usize::MAX, |i| i.span.start);
+        if d < directives.len() && directives[d].at <= next_item {
+            let dir = &directives[d];
+            d += 1;
+            if inside(dir).is_some() {
+                continue;
+            }
+            match dir.word {
+                b"if" | b"ifdef" | b"ifndef" => conditions.push(line_hash(dir)),
+                b"elif" | b"elifdef" | b"elifndef" | b"else" => {
+                    if let Some(top) = conditions.last_mut() {
+                        *top = top.rotate_left(3) ^ line_hash(dir);
+                    }
+                }
+                b"endif" => {
+                    conditions.pop();
+                }
+                b"define" | b"undef" => out.push((
+                    line_hash(dir) ^ context(&conditions),
+                    dir.rest.first().map(|n| vec![n.to_vec()]),
+                )),
+                // graft's own `#line` directives (the patched copy keeps its
+                // numbering), #error and #warning make no code.
+                b"line" | b"error" | b"warning" => {}
+                // #include, #pragma…: a change the text cannot tell.
+                _ => out.push((line_hash(dir) ^ context(&conditions), None)),
+            }
+            continue;
+        }
+        let it = &items[n];
         let span = &tokens[it.span.clone()];
         let names = (!it.names.is_empty() && !invocation(span))
             .then(|| it.names.iter().map(|n| n.to_vec()).collect());
         let hash = directives
             .iter()
-            .filter(|d| inside(d) == Some(n))
-            .fold(it.hash, |h, d| h.rotate_left(7) ^ line_hash(d));
-        out.push((hash, names));
+            .filter(|x| x.word != b"line" && inside(x) == Some(n))
+            .fold(it.hash, |h, x| h.rotate_left(7) ^ line_hash(x));
+        out.push((hash ^ context(&conditions).rotate_left(1), names));
+        n += 1;
     }
     Some(out)
 }
@@ -668,9 +694,27 @@ mod tests {
             strs(changed_names(before, layout.as_bytes())),
             Some(vec!["s".into()])
         );
-        // A changed condition or an invocation cannot be read.
+        // A changed condition changes what it holds.
         let cond = String::from_utf8_lossy(before).replace("CONFIG_X", "CONFIG_Y");
-        assert_eq!(strs(changed_names(before, cond.as_bytes())), None);
+        assert_eq!(
+            strs(changed_names(before, cond.as_bytes())),
+            Some(vec!["s".into()])
+        );
+        // A condition added around new lines changes only those.
+        let guarded = String::from_utf8_lossy(before).replace(
+            "int proto(struct dev *d);",
+            "int proto(struct dev *d);\n#ifdef __KERNEL__\n#define NEW_MASK (LIMIT | 1)\n#endif",
+        );
+        assert_eq!(
+            strs(changed_names(before, guarded.as_bytes())),
+            Some(vec!["NEW_MASK".into()])
+        );
+        // A changed #include or an invocation cannot be read.
+        let inc = format!(
+            "#include <linux/other.h>\n{}",
+            String::from_utf8_lossy(before)
+        );
+        assert_eq!(strs(changed_names(before, inc.as_bytes())), None);
         let inv = format!("{}DECLARE_THING(foo);\n", String::from_utf8_lossy(before));
         assert_eq!(strs(changed_names(before, inv.as_bytes())), None);
         // An #ifdef inside a new function's body is the function's.
