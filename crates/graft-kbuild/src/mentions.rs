@@ -622,43 +622,13 @@ impl<'a> Lexer<'a> {
                 _ => {
                     self.line_start = false;
                     let start = self.pos;
-                    let end = token_end(t, start);
+                    let end = reach::token_end(t, start);
                     self.pos = end;
                     return Some(Lex::Tok(&t[start..end]));
                 }
             }
         }
     }
-}
-
-/// Where the token starting at `start` ends.
-fn token_end(t: &[u8], start: usize) -> usize {
-    let b = t[start];
-    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
-    if word(b) {
-        // Identifiers and numbers alike: a run of word bytes (and a
-        // number's `.`; an exponent's sign is a token of its own, harmless).
-        let digit = b.is_ascii_digit();
-        return start
-            + t[start..]
-                .iter()
-                .take_while(|&&c| word(c) || (digit && c == b'.'))
-                .count();
-    }
-    if b == b'"' || b == b'\'' {
-        let mut e = start + 1;
-        while e < t.len() && t[e] != b && t[e] != b'\n' {
-            e += if t[e] == b'\\' { 2 } else { 1 };
-        }
-        return (e + 1).min(t.len());
-    }
-    if b == b'#' && t.get(start + 1) == Some(&b'#') {
-        return start + 2;
-    }
-    if t.get(start + 1) == Some(&b'=') && b"=!<>+-*/%&|^".contains(&b) {
-        return start + 2;
-    }
-    start + 1
 }
 
 #[cfg(test)]

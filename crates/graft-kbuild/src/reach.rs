@@ -451,38 +451,50 @@ impl<'a> Iterator for Tokens<'a> {
                 return Some(t[start..end].trim_ascii_end());
             }
             self.line_start = false;
-            let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
-            let end = if word(b) && !b.is_ascii_digit() {
-                start + t[start..].iter().take_while(|&&c| word(c)).count()
-            } else if b.is_ascii_digit()
-                || (b == b'.' && t.get(start + 1).is_some_and(u8::is_ascii_digit))
-            {
-                let mut e = start + 1;
-                while e < t.len() {
-                    let c = t[e];
-                    let exponent =
-                        matches!(c, b'+' | b'-') && matches!(t[e - 1], b'e' | b'E' | b'p' | b'P');
-                    if !(exponent || word(c) || c == b'.') {
-                        break;
-                    }
-                    e += 1;
-                }
-                e
-            } else if b == b'"' || b == b'\'' {
-                let mut e = start + 1;
-                while e < t.len() && t[e] != b && t[e] != b'\n' {
-                    e += if t[e] == b'\\' { 2 } else { 1 };
-                }
-                (e + 1).min(t.len())
-            } else if t.get(start + 1) == Some(&b'=') && b"=!<>+-*/%&|^".contains(&b) {
-                start + 2
-            } else {
-                start + 1
-            };
+            let end = token_end(t, start);
             self.pos = end;
             return Some(&t[start..end]);
         }
     }
+}
+
+/// Where the token of C text `t` starting at `start` ends: identifiers,
+/// pp-numbers (an exponent's sign included), string and character literals,
+/// `##`, an operator with `=`, else one byte. Source and preprocessed text
+/// alike ([`crate::mentions`] reads the source).
+pub(crate) fn token_end(t: &[u8], start: usize) -> usize {
+    let b = t[start];
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
+    if word(b) && !b.is_ascii_digit() {
+        return start + t[start..].iter().take_while(|&&c| word(c)).count();
+    }
+    if b.is_ascii_digit() || (b == b'.' && t.get(start + 1).is_some_and(u8::is_ascii_digit)) {
+        let mut e = start + 1;
+        while e < t.len() {
+            let c = t[e];
+            let exponent =
+                matches!(c, b'+' | b'-') && matches!(t[e - 1], b'e' | b'E' | b'p' | b'P');
+            if !(exponent || word(c) || c == b'.') {
+                break;
+            }
+            e += 1;
+        }
+        return e;
+    }
+    if b == b'"' || b == b'\'' {
+        let mut e = start + 1;
+        while e < t.len() && t[e] != b && t[e] != b'\n' {
+            e += if t[e] == b'\\' { 2 } else { 1 };
+        }
+        return (e + 1).min(t.len());
+    }
+    if b == b'#' && t.get(start + 1) == Some(&b'#') {
+        return start + 2;
+    }
+    if t.get(start + 1) == Some(&b'=') && b"=!<>+-*/%&|^".contains(&b) {
+        return start + 2;
+    }
+    start + 1
 }
 
 #[cfg(test)]
