@@ -307,10 +307,18 @@ impl Refuser<'_, '_> {
             if !asks {
                 continue;
             }
-            let why = if f.binding != graft_elf::Binding::Local && !called_in(orig, fo) {
+            let uses = uses_of(orig, fo);
+            let called = uses.iter().any(|u| u.call);
+            let taken_by = uses.iter().find(|u| !u.call).map(|u| {
+                crate::correlate::symbol_at(orig, u.section, u.offset as i64).map_or_else(
+                    || orig.section(u.section).name.clone(),
+                    |h| orig.symbol(h).name.clone(),
+                )
+            });
+            let why = if f.binding != graft_elf::Binding::Local && !called {
                 Some("it checks kthread_should_stop() and is global but called nowhere in its file: a thread is started on it from another".to_owned())
             } else {
-                address_taken(orig, fo)
+                taken_by
                     .map(|by| format!("it checks kthread_should_stop() and {by} takes its address"))
             };
             if let Some(why) = why {
@@ -508,61 +516,50 @@ pub fn shared_state(ctx: &Ctx<'_>, diff: &ObjectDiff) -> Vec<crate::SharedState>
     out
 }
 
-/// Whether code of `obj` other than `f`'s own calls or jumps to `f`.
-fn called_in(obj: &Object, f: SymbolId) -> bool {
-    let Some(fsec) = obj.symbol(f).section else {
-        return false;
-    };
-    obj.sections
-        .iter()
-        .filter(|s| s.is_exec() && s.id != fsec)
-        .any(|sec| {
-            sec.relocs.iter().any(|r| {
-                let t = obj.symbol(r.symbol);
-                let to_f = r.symbol == f
-                    || (t.kind == graft_elf::SymKind::Section && t.section == Some(fsec));
-                let o = r.offset as usize;
-                to_f && o
-                    .checked_sub(1)
-                    .and_then(|i| sec.data.get(i))
-                    .is_some_and(|b| matches!(b, 0xe8 | 0xe9))
-            })
-        })
+/// A reference to a function from outside its own code.
+struct Use {
+    section: graft_elf::SectionId,
+    offset: u64,
+    /// A call or jump to it, not its address taken.
+    call: bool,
 }
 
-/// The function (or data) of `obj` that takes the address of function `f`
-/// other than to call or jump to it.
-fn address_taken(obj: &Object, f: SymbolId) -> Option<String> {
-    let fsec = obj.symbol(f).section?;
-    for sec in &obj.sections {
+/// Every reference to function `f` from `obj`'s other sections, except
+/// tables about code (ftrace's call sites, ORC, bug entries) and debug info,
+/// which name every function.
+fn uses_of(obj: &Object, f: SymbolId) -> Vec<Use> {
+    let Some(fsec) = obj.symbol(f).section else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for sec in obj.sections.iter().filter(|s| s.id != fsec) {
+        let table = matches!(
+            crate::special::role(sec),
+            Some(crate::special::Role::Table(_))
+        ) || sec.name.starts_with(".debug");
+        if table {
+            continue;
+        }
         for r in &sec.relocs {
             let t = obj.symbol(r.symbol);
             let to_f =
                 r.symbol == f || (t.kind == graft_elf::SymKind::Section && t.section == Some(fsec));
-            // Tables about code (ftrace's call sites, ORC, bug entries) and
-            // debug info name every function; they start no thread.
-            let table = matches!(
-                crate::special::role(sec),
-                Some(crate::special::Role::Table(_))
-            ) || sec.name.starts_with(".debug");
-            if !to_f || sec.id == fsec || table {
+            if !to_f {
                 continue;
             }
-            if sec.is_exec() {
-                let o = r.offset as usize;
-                let byte = |k: usize| o.checked_sub(k).and_then(|i| sec.data.get(i)).copied();
-                let call = matches!(byte(1), Some(0xe8 | 0xe9))
-                    || (byte(2) == Some(0x0f) && byte(1).is_some_and(|b| b & 0xf0 == 0x80));
-                if call {
-                    continue;
-                }
-            }
-            let holder = crate::correlate::symbol_at(obj, sec.id, r.offset as i64)
-                .map_or_else(|| sec.name.clone(), |h| obj.symbol(h).name.clone());
-            return Some(holder);
+            let o = r.offset as usize;
+            let byte = |k: usize| o.checked_sub(k).and_then(|i| sec.data.get(i)).copied();
+            let call = sec.is_exec()
+                && (matches!(byte(1), Some(0xe8 | 0xe9))
+                    || (byte(2) == Some(0x0f) && byte(1).is_some_and(|b| b & 0xf0 == 0x80)));
+            out.push(Use {
+                section: sec.id,
+                offset: r.offset,
+                call,
+            });
         }
     }
-    None
+    out
 }
 
 /// `-mfentry` puts `call __fentry__` first (after `endbr64` on IBT kernels).
