@@ -257,7 +257,8 @@ impl Workspace {
             if let Some(named) = self.scan(&candidates)? {
                 let (keep, drop): (Vec<String>, Vec<String>) =
                     candidates.into_iter().partition(|u| named.contains(u));
-                self.units.retain(|u| !drop.contains(u));
+                let dropped: HashSet<&String> = drop.iter().collect();
+                self.units.retain(|u| !dropped.contains(u));
                 self.unchanged.extend(drop);
                 self.scanned = true;
                 candidates = keep;
@@ -306,7 +307,8 @@ impl Workspace {
             .filter(|(_, d)| !**d)
             .map(|(u, _)| u.clone())
             .collect();
-        self.units.retain(|u| !same.contains(u));
+        let dropped: HashSet<&String> = same.iter().collect();
+        self.units.retain(|u| !dropped.contains(u));
         self.unchanged.extend(same);
         self.narrowed = true;
         Ok(())
