@@ -110,6 +110,9 @@ pub struct Workspace {
     pub narrowed: bool,
     /// Whether the includers' sources were scanned for the changed names.
     pub scanned: bool,
+    /// The unit index, as [`Workspace::find_units`] read it (the scan of a
+    /// header change's includers uses it again).
+    index: Option<Index>,
 }
 
 impl Drop for Workspace {
@@ -167,6 +170,7 @@ impl Workspace {
             unchanged: Vec::new(),
             narrowed: false,
             scanned: false,
+            index: None,
         })
     }
 
@@ -220,6 +224,7 @@ impl Workspace {
             }
             self.header_units.push((h.clone(), users));
         }
+        self.index = Some(index);
         Ok(())
     }
 
@@ -318,7 +323,10 @@ impl Workspace {
     /// include) can name what the change alters ([`graft_kbuild::mentions`]),
     /// or `None` when the change cannot be read from the source text.
     fn scan(&mut self, candidates: &[String]) -> Result<Option<HashSet<String>>> {
-        let index = self.index()?;
+        let index = match self.index.take() {
+            Some(i) => i,
+            None => self.index()?,
+        };
         let root = self.mirror.root.clone();
         let read = |h: &String| std::fs::read(root.join(h)).unwrap_or_default();
         let before: Vec<Vec<u8>> = self.sources.headers.iter().map(read).collect();
@@ -337,16 +345,15 @@ impl Workspace {
             .map(|((h, b), a)| (h, b, a))
             .collect();
         let files = index.closure_of(candidates);
-        let Some(hot) = mentions::hot_files(&root, &files, &changed) else {
-            return Ok(None);
-        };
-        Ok(Some(
+        let named = mentions::hot_files(&root, &files, &changed).map(|hot| {
             index
                 .includers_of(|f| hot.contains(f))
                 .into_iter()
                 .map(|u| u.object.clone())
-                .collect(),
-        ))
+                .collect()
+        });
+        self.index = Some(index);
+        Ok(named)
     }
 
     fn preprocess(&self, objects: &[String]) -> Result<Vec<Option<PathBuf>>> {
